@@ -1,0 +1,57 @@
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"testing"
+	"time"
+)
+
+// DefaultAMQPURL is the RabbitMQ server the tests use when QUEUEKIT_AMQP_URL
+// is unset: the local server with the default guest account.
+const DefaultAMQPURL = "amqp://guest:guest@127.0.0.1:5672/"
+
+// RabbitMQ returns the AMQP URL of a reachable RabbitMQ server:
+// QUEUEKIT_AMQP_URL, or DefaultAMQPURL. When the server does not answer,
+// t is skipped (failed under CI=true) with a message that says how to
+// start it.
+func RabbitMQ(t testing.TB) string {
+	t.Helper()
+	raw := Env("QUEUEKIT_AMQP_URL", DefaultAMQPURL)
+	addr, err := amqpAddr(raw)
+	if err == nil {
+		err = Reachable(addr, 2*time.Second)
+	}
+	if err != nil {
+		Unavailable(t, "RabbitMQ", err,
+			"start it with `rabbitmq-server -detached` (the port answers ~5 s later) or run `make test`, "+
+				"or point QUEUEKIT_AMQP_URL at a server (amqp://user:pass@host:port/vhost)")
+	}
+	return raw
+}
+
+// amqpAddr returns host:port of an amqp:// or amqps:// URL without ever
+// echoing its credentials.
+func amqpAddr(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("QUEUEKIT_AMQP_URL is not a valid URL")
+	}
+	port := "5672"
+	switch u.Scheme {
+	case "amqp":
+	case "amqps":
+		port = "5671"
+	default:
+		return "", fmt.Errorf("QUEUEKIT_AMQP_URL scheme %q is not amqp or amqps", u.Scheme)
+	}
+	host := u.Hostname()
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	if p := u.Port(); p != "" {
+		port = p
+	}
+	return net.JoinHostPort(host, port), nil
+}

@@ -1,0 +1,110 @@
+// Package memory is queuekit's embedded broker, URL scheme mem://. It lives
+// inside the process, needs nothing installed and keeps every promise the
+// conformance suite checks, so it is the default broker of the examples, the
+// reference of the benchmarks, and a test double for users' own code (in the
+// way net/http/httptest is).
+//
+//	import _ "github.com/queuekit/queuekit/adapters/memory"
+//
+//	b, err := broker.Open(ctx, "mem://?ack_timeout=5s")
+//
+// or, typed:
+//
+//	b := memory.New(memory.Options{AckTimeout: 5 * time.Second})
+//
+// # Instances
+//
+// Every Open of mem://NAME (NAME may be empty) in one process shares one
+// broker until all of them are closed, so a producer and a consumer that
+// open the same URL separately talk to each other. New always makes a
+// private broker.
+//
+// # Topics and groups
+//
+// Topics and consumer groups are created on first use. The subscribers of
+// one group compete for its messages; every group of a topic gets every
+// message (fan-out). A group receives the messages published after it was
+// created (by the first NewSubscriber naming it), and keeps receiving them
+// while it has no subscriber, like a durable subscription: it lives as long
+// as the broker. One exception keeps messages from being lost: messages
+// published to a topic that has no group yet are held (within the buffer
+// bound) and go to the first group created on the topic. So "publish, then
+// subscribe" works for one group, and a dead-letter topic that nobody
+// watches yet keeps its dead letters.
+//
+// # Delivery semantics
+//
+// At-least-once. A delivery stays in flight until it is settled:
+//
+//   - Ack removes the message.
+//   - Nack(delay) redelivers it no sooner than delay (at once for 0).
+//   - A delivery not settled within its AckTimeout (default 30s; the
+//     subscriber's SubscriberOptions.AckTimeout, else the broker's) is
+//     redelivered: this is what a crashed consumer looks like. Its late Ack
+//     then fails with ErrExpired and does nothing.
+//   - Subscriber.Close makes the subscriber's unsettled deliveries
+//     available for redelivery at once.
+//
+// Message.Attempt counts deliveries: 1, 2, ... When SubscriberOptions.
+// MaxAttempts is > 0, a message whose delivery number MaxAttempts is nacked
+// or times out is published instead to SubscriberOptions.DeadLetterTopic
+// (default "<topic>.dlq") in the same broker, with the same ID, key,
+// payload and headers plus broker.HeaderDeadReason, HeaderDeadAttempts and
+// HeaderOriginalTopic. Dead letters are never refused for lack of room.
+//
+// Redeliveries go to the front of the group's queue.
+//
+// # Per-key ordering
+//
+// A group hands out the messages of one key (Message.Key) one at a time,
+// in publish order: while a message of a key is in flight, waiting for a
+// delayed redelivery or for an ack timeout, no later message of that key is
+// delivered to any subscriber of the group. So per-key order holds across
+// competing subscribers and through nacks, timeouts and crashes, with
+// concurrent handlers (use broker.Consume with semantics.PerKey, or any
+// Consume: the broker alone already serialises a key). The price is that a
+// key's throughput is one message per round trip; messages without a key
+// are not ordered and flow freely. A message dead-lettered after
+// MaxAttempts lets the next message of its key go.
+//
+// # Backpressure
+//
+// Each group holds at most Buffer messages (ready, in flight, delayed or
+// waiting for their key; default 65536). Publish waits for room in every
+// group of the topic, or for its ctx, whose error it then returns (as a
+// *broker.PublishError naming the messages not published when some were).
+// SubscriberOptions.Prefetch bounds the unsettled deliveries of one
+// subscriber (default: no bound; broker.Consume bounds them itself).
+//
+// # Messages
+//
+// Publish copies each message's payload and headers (one allocation for all
+// payloads of a call), so the caller may reuse its buffers and maps as soon
+// as Publish returns. A delivered message's Payload and Headers are shared
+// by every delivery of that message in a group and must be treated as
+// read-only (Clone it to change it). Messages larger than MaxMessageSize
+// (default 10 MiB, as measured by Message.Size) fail Publish with
+// broker.ErrTooLarge before anything is published.
+//
+// # Close
+//
+// After Close, Publish and Receive return broker.ErrClosed; a Publish or
+// Receive waiting at the time returns it too. Closing a Broker closes the
+// publishers and subscribers it made. When the last handle on a broker is
+// closed, its messages are gone.
+//
+// # URL parameters
+//
+//	ack_timeout  default AckTimeout of subscribers, such as 500ms or 30s (default 30s)
+//	buffer       messages a group holds before Publish waits (default 65536)
+//	max_size     largest message in bytes; -1 for no limit (default 10485760)
+//
+// Unknown parameters are an error that lists these. The first Open of a
+// name decides its buffer; a later Open asking for another buffer fails.
+//
+// # Statistics
+//
+// Broker.Stats and Broker.Depth report, per group, the messages ready, in
+// flight, delayed and waiting for their key, with counters, for metrics and
+// lag.
+package memory

@@ -1,0 +1,589 @@
+package memory
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// entry is one message in one group, from publish to ack or dead letter.
+// Its first delivery is embedded so that a message delivered once costs no
+// allocation on the consume path; redeliveries get a fresh delivery, so a
+// stale handle can never settle a later delivery.
+type entry struct {
+	m        broker.Message // the group's copy; read-only once published
+	g        *group
+	attempts int       // deliveries so far; guarded by g.mu
+	cur      *delivery // the delivery in flight, if any; guarded by g.mu
+	due      int64     // when a delayed redelivery is due; guarded by g.mu
+	next     *entry    // next entry waiting for the same key; guarded by g.mu
+	first    delivery
+}
+
+func (e *entry) init(m *broker.Message, topic string, g *group) {
+	e.m = *m
+	e.m.Topic, e.m.Attempt = topic, 0
+	e.g = g
+	e.first.msg = e.m
+}
+
+// delivery is one delivery of an entry; it implements broker.Delivery.
+type delivery struct {
+	msg    broker.Message
+	settle broker.Settlement
+	e      *entry
+
+	// guarded by e.g.mu
+	sub        *subscriber
+	prev, next *delivery // in sub's in-flight list, deadline order
+	deadline   int64
+	inflight   bool
+}
+
+func (d *delivery) Message() *broker.Message { return &d.msg }
+
+// Ack removes the message from its group. It returns ErrExpired when the
+// delivery had already timed out or been released by Subscriber.Close.
+func (d *delivery) Ack(ctx context.Context) error {
+	if first, err := d.settle.Ack(); !first {
+		return err
+	}
+	return d.e.g.ack(d)
+}
+
+// Nack makes the message available again after delay. On a delivery that
+// had already expired it does nothing and returns nil: the message is being
+// redelivered anyway.
+func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
+	if first, err := d.settle.Nack(); !first {
+		return err
+	}
+	return d.e.g.nack(d, delay)
+}
+
+// keyState tracks one key of a group: owner is the only message of the key
+// that may be delivered; head..tail wait behind it in publish order.
+type keyState struct {
+	owner      *entry
+	head, tail *entry
+}
+
+// group is one consumer group of a topic: a queue of entries with in-flight
+// tracking. Everything is guarded by mu.
+type group struct {
+	t    *topic
+	name string
+	cap  int
+
+	mu       sync.Mutex
+	closed   bool
+	ready    ring
+	keys     map[string]keyState
+	blocked  int // entries waiting behind their key's owner
+	inflight int
+	delayed  dheap
+	count    int // entries held (all states) plus room reserved by publishers
+	subs     []*subscriber
+
+	waiters int           // receivers waiting for ready entries
+	signal  chan struct{} // wakes one waiting receiver (it wakes the next)
+
+	pubWaiters int
+	room       chan struct{} // closed (and replaced) when room frees up
+	wakeAt     int           // count at or below which waiting publishers wake
+
+	timer   *time.Timer
+	timerAt int64 // when the timer fires; 0 when not armed
+
+	published, acked, redelivered, dead uint64
+}
+
+func newGroup(t *topic, name string, capacity int) *group {
+	return &group{
+		t:      t,
+		name:   name,
+		cap:    capacity,
+		keys:   make(map[string]keyState),
+		signal: make(chan struct{}, 1),
+		room:   make(chan struct{}),
+		wakeAt: capacity - max(1, capacity/16),
+	}
+}
+
+func (g *group) wakeReceiverLocked() {
+	if g.waiters > 0 {
+		select {
+		case g.signal <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// freedLocked wakes waiting publishers once enough room is free.
+func (g *group) freedLocked() {
+	if g.pubWaiters > 0 && g.count <= g.wakeAt {
+		close(g.room)
+		g.room = make(chan struct{})
+	}
+}
+
+// popLocked moves up to len(buf) ready entries in flight to s.
+func (g *group) popLocked(s *subscriber, buf []broker.Delivery, now int64) int {
+	n := 0
+	for n < len(buf) && g.ready.n > 0 {
+		if s.prefetch > 0 && s.n >= s.prefetch {
+			break
+		}
+		e := g.ready.popFront()
+		if key := e.m.Key; key != "" {
+			ks, held := g.keys[key]
+			if !held {
+				g.keys[key] = keyState{owner: e}
+			} else if ks.owner != e {
+				e.next = nil
+				if ks.tail == nil {
+					ks.head = e
+				} else {
+					ks.tail.next = e
+				}
+				ks.tail = e
+				g.keys[key] = ks
+				g.blocked++
+				continue
+			}
+		}
+		buf[n] = g.deliverLocked(e, s, now)
+		n++
+	}
+	return n
+}
+
+func (g *group) deliverLocked(e *entry, s *subscriber, now int64) *delivery {
+	e.attempts++
+	d := &e.first
+	if e.attempts > 1 {
+		d = &delivery{msg: e.m}
+		g.redelivered++
+	}
+	d.e = e
+	d.msg.Attempt = e.attempts
+	d.sub = s
+	d.deadline = now + s.ackTimeout
+	d.inflight = true
+	e.cur = d
+	// Append to s's in-flight list: deadlines only grow within it.
+	d.next = nil
+	d.prev = s.tail
+	if s.tail == nil {
+		s.head = d
+		if g.timerAt == 0 || d.deadline < g.timerAt {
+			g.armLocked(d.deadline, now)
+		}
+	} else {
+		s.tail.next = d
+	}
+	s.tail = d
+	s.n++
+	g.inflight++
+	return d
+}
+
+// unlinkLocked takes d out of flight.
+func (g *group) unlinkLocked(d *delivery) {
+	s := d.sub
+	if d.prev == nil {
+		s.head = d.next
+	} else {
+		d.prev.next = d.next
+	}
+	if d.next == nil {
+		s.tail = d.prev
+	} else {
+		d.next.prev = d.prev
+	}
+	d.prev, d.next, d.sub = nil, nil, nil
+	d.inflight = false
+	d.e.cur = nil
+	s.n--
+	g.inflight--
+	if s.creditWait && s.n < s.prefetch {
+		s.creditWait = false
+		select {
+		case s.credit <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// removeLocked forgets e (acked or dead-lettered) and lets the next message
+// of its key go.
+func (g *group) removeLocked(e *entry) {
+	g.count--
+	if key := e.m.Key; key != "" {
+		ks := g.keys[key]
+		if nxt := ks.head; nxt != nil {
+			ks.head = nxt.next
+			if ks.head == nil {
+				ks.tail = nil
+			}
+			nxt.next = nil
+			ks.owner = nxt
+			g.keys[key] = ks
+			g.blocked--
+			g.ready.pushFront(nxt)
+			g.wakeReceiverLocked()
+		} else {
+			delete(g.keys, key)
+		}
+	}
+	g.freedLocked()
+}
+
+func (g *group) ack(d *delivery) error {
+	g.mu.Lock()
+	if !d.inflight {
+		closed := g.closed
+		g.mu.Unlock()
+		if closed {
+			return broker.ErrClosed
+		}
+		return ErrExpired
+	}
+	g.unlinkLocked(d)
+	g.removeLocked(d.e)
+	g.acked++
+	g.mu.Unlock()
+	return nil
+}
+
+func (g *group) nack(d *delivery, delay time.Duration) error {
+	g.mu.Lock()
+	if !d.inflight {
+		g.mu.Unlock()
+		return nil
+	}
+	s, e := d.sub, d.e
+	g.unlinkLocked(d)
+	var dead []*broker.Message
+	switch {
+	case s.maxAttempts > 0 && e.attempts >= s.maxAttempts:
+		dead = append(dead, g.deadLocked(e, "nacked", s.maxAttempts))
+	case delay <= 0:
+		g.ready.pushFront(e)
+		g.wakeReceiverLocked()
+	default:
+		now := nanotime()
+		e.due = now + int64(delay)
+		g.delayed.push(e)
+		if g.timerAt == 0 || e.due < g.timerAt {
+			g.armLocked(e.due, now)
+		}
+	}
+	g.mu.Unlock()
+	if dead != nil {
+		g.t.c.deadLetter(s.dlq, dead)
+	}
+	return nil
+}
+
+// deadLocked removes e and returns its dead letter.
+func (g *group) deadLocked(e *entry, why string, maxAttempts int) *broker.Message {
+	g.removeLocked(e)
+	g.dead++
+	m := e.m // Payload is shared and read-only; headers are copied below
+	h := make(map[string]string, len(m.Headers)+3)
+	for k, v := range m.Headers {
+		h[k] = v
+	}
+	h[broker.HeaderDeadReason] = why + " on attempt " + strconv.Itoa(e.attempts) + " (MaxAttempts " + strconv.Itoa(maxAttempts) + ")"
+	h[broker.HeaderDeadAttempts] = strconv.Itoa(e.attempts)
+	h[broker.HeaderOriginalTopic] = m.Topic
+	m.Headers = h
+	m.Topic, m.Attempt = "", 0
+	return &m
+}
+
+// armLocked sets the timer to fire at when (nanotime).
+func (g *group) armLocked(when, now int64) {
+	g.timerAt = when
+	d := time.Duration(when - now)
+	if g.timer == nil {
+		g.timer = time.AfterFunc(d, g.onTimer)
+	} else {
+		g.timer.Reset(d)
+	}
+}
+
+// onTimer redelivers expired deliveries and due delayed entries.
+func (g *group) onTimer() {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return
+	}
+	now := nanotime()
+	g.timerAt = 0
+	var dead []*broker.Message
+	var dlqs []string
+	next := int64(0)
+	woke := false
+	for _, s := range g.subs {
+		for s.head != nil && s.head.deadline <= now {
+			d := s.head
+			e := d.e
+			g.unlinkLocked(d)
+			if s.maxAttempts > 0 && e.attempts >= s.maxAttempts {
+				dead = append(dead, g.deadLocked(e, "ack timeout passed", s.maxAttempts))
+				dlqs = append(dlqs, s.dlq)
+				continue
+			}
+			g.ready.pushFront(e)
+			woke = true
+		}
+		if s.head != nil && (next == 0 || s.head.deadline < next) {
+			next = s.head.deadline
+		}
+	}
+	for g.delayed.len() > 0 && g.delayed.min().due <= now {
+		g.ready.pushFront(g.delayed.pop())
+		woke = true
+	}
+	if g.delayed.len() > 0 && (next == 0 || g.delayed.min().due < next) {
+		next = g.delayed.min().due
+	}
+	if next != 0 {
+		g.armLocked(next, now)
+	}
+	if woke {
+		g.wakeReceiverLocked()
+	}
+	g.mu.Unlock()
+	for i, m := range dead {
+		g.t.c.deadLetter(dlqs[i], []*broker.Message{m})
+	}
+}
+
+func (g *group) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return
+	}
+	g.closed = true
+	if g.timer != nil {
+		g.timer.Stop()
+	}
+	close(g.room)
+	g.room = make(chan struct{})
+}
+
+// ---- receiving ----
+
+func (g *group) receive(ctx context.Context, s *subscriber, buf []broker.Delivery) (int, error) {
+	g.mu.Lock()
+	for {
+		if s.closed || g.closed {
+			g.mu.Unlock()
+			return 0, broker.ErrClosed
+		}
+		if s.prefetch > 0 && s.n >= s.prefetch {
+			s.creditWait = true
+			g.mu.Unlock()
+			select {
+			case <-s.credit:
+			case <-s.done:
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+			g.mu.Lock()
+			continue
+		}
+		if g.ready.n > 0 {
+			if n := g.popLocked(s, buf, nanotime()); n > 0 {
+				if g.ready.n > 0 {
+					g.wakeReceiverLocked() // pass the baton
+				}
+				g.mu.Unlock()
+				return n, nil
+			}
+		}
+		g.waiters++
+		g.mu.Unlock()
+		select {
+		case <-g.signal:
+		case <-s.done:
+		case <-ctx.Done():
+			g.mu.Lock()
+			g.waiters--
+			g.mu.Unlock()
+			return 0, ctx.Err()
+		}
+		g.mu.Lock()
+		g.waiters--
+	}
+}
+
+// release makes s's unsettled deliveries available again, oldest first.
+func (g *group) releaseLocked(s *subscriber) {
+	for d := s.tail; d != nil; {
+		prev := d.prev
+		e := d.e
+		g.unlinkLocked(d)
+		g.ready.pushFront(e)
+		d = prev
+	}
+	g.wakeReceiverLocked()
+}
+
+// ---- publishing ----
+
+// reserve waits until g has room and reserves up to want places.
+func (g *group) reserve(ctx context.Context, want int, done <-chan struct{}) (int, error) {
+	g.mu.Lock()
+	for {
+		if g.closed {
+			g.mu.Unlock()
+			return 0, broker.ErrClosed
+		}
+		if free := g.cap - g.count; free > 0 {
+			k := min(want, free)
+			g.count += k
+			g.mu.Unlock()
+			return k, nil
+		}
+		g.pubWaiters++
+		room := g.room
+		g.mu.Unlock()
+		var err error
+		select {
+		case <-room:
+		case <-done:
+			err = broker.ErrClosed
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		g.mu.Lock()
+		g.pubWaiters--
+		if err != nil {
+			g.mu.Unlock()
+			return 0, err
+		}
+	}
+}
+
+// unreserve gives back k reserved places.
+func (g *group) unreserve(k int) {
+	g.mu.Lock()
+	g.count -= k
+	g.freedLocked()
+	g.mu.Unlock()
+}
+
+// insert queues ents, for which room was reserved. It reports false when
+// the group is closed.
+func (g *group) insert(ents []entry) bool {
+	g.mu.Lock()
+	ok := g.insertLocked(ents)
+	g.mu.Unlock()
+	return ok
+}
+
+func (g *group) insertLocked(ents []entry) bool {
+	if g.closed {
+		return false
+	}
+	for i := range ents {
+		g.ready.pushBack(&ents[i])
+	}
+	g.published += uint64(len(ents))
+	g.wakeReceiverLocked()
+	return true
+}
+
+// ---- containers ----
+
+// ring is a growable deque of entries.
+type ring struct {
+	buf  []*entry
+	head int
+	n    int
+}
+
+func (r *ring) grow() {
+	nb := make([]*entry, max(16, 2*len(r.buf)))
+	for i := 0; i < r.n; i++ {
+		nb[i] = r.buf[(r.head+i)&(len(r.buf)-1)]
+	}
+	r.buf, r.head = nb, 0
+}
+
+func (r *ring) pushBack(e *entry) {
+	if r.n == len(r.buf) {
+		r.grow()
+	}
+	r.buf[(r.head+r.n)&(len(r.buf)-1)] = e
+	r.n++
+}
+
+func (r *ring) pushFront(e *entry) {
+	if r.n == len(r.buf) {
+		r.grow()
+	}
+	r.head = (r.head - 1) & (len(r.buf) - 1)
+	r.buf[r.head] = e
+	r.n++
+}
+
+func (r *ring) popFront() *entry {
+	e := r.buf[r.head]
+	r.buf[r.head] = nil
+	r.head = (r.head + 1) & (len(r.buf) - 1)
+	r.n--
+	return e
+}
+
+// dheap is a min-heap of delayed entries by due time.
+type dheap []*entry
+
+func (h dheap) len() int    { return len(h) }
+func (h dheap) min() *entry { return h[0] }
+func (h *dheap) push(e *entry) {
+	*h = append(*h, e)
+	a := *h
+	for i := len(a) - 1; i > 0; {
+		p := (i - 1) / 2
+		if a[p].due <= a[i].due {
+			break
+		}
+		a[p], a[i] = a[i], a[p]
+		i = p
+	}
+}
+
+func (h *dheap) pop() *entry {
+	a := *h
+	top := a[0]
+	last := len(a) - 1
+	a[0] = a[last]
+	a[last] = nil
+	a = a[:last]
+	for i := 0; ; {
+		l, r, m := 2*i+1, 2*i+2, i
+		if l < len(a) && a[l].due < a[m].due {
+			m = l
+		}
+		if r < len(a) && a[r].due < a[m].due {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		a[m], a[i] = a[i], a[m]
+		i = m
+	}
+	*h = a
+	return top
+}

@@ -1,0 +1,270 @@
+package memory
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/semantics"
+)
+
+// Defaults of Options.
+const (
+	DefaultAckTimeout     = 30 * time.Second
+	DefaultBuffer         = 65536
+	DefaultMaxMessageSize = 10 << 20
+)
+
+// Options configure a Broker made by New. The zero value is ready to use.
+type Options struct {
+	// AckTimeout is how long a delivery may stay unsettled before it is
+	// redelivered, for subscribers that set no SubscriberOptions.AckTimeout.
+	// Default DefaultAckTimeout.
+	AckTimeout time.Duration
+	// Buffer is how many messages one group holds (ready, in flight,
+	// delayed or waiting for their key) before Publish waits for room.
+	// Default DefaultBuffer.
+	Buffer int
+	// MaxMessageSize is the largest Message.Size that Publish accepts.
+	// 0 means DefaultMaxMessageSize; a negative value means no limit.
+	MaxMessageSize int
+}
+
+func (o Options) withDefaults() Options {
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = DefaultAckTimeout
+	}
+	if o.Buffer <= 0 {
+		o.Buffer = DefaultBuffer
+	}
+	switch {
+	case o.MaxMessageSize == 0:
+		o.MaxMessageSize = DefaultMaxMessageSize
+	case o.MaxMessageSize < 0:
+		o.MaxMessageSize = 0 // broker.Prepare: no limit
+	}
+	return o
+}
+
+// Broker is a handle on an in-process broker. It implements broker.Broker
+// and adds Stats and Depth. It is safe for concurrent use.
+type Broker struct {
+	c          *core
+	name       string // registry name for handles made by Open
+	registered bool
+	ackTimeout time.Duration
+	maxSize    int
+
+	mu     sync.Mutex
+	closed bool
+	pubs   map[*publisher]struct{}
+	subs   map[*subscriber]struct{}
+}
+
+var _ broker.Broker = (*Broker)(nil)
+
+// New returns a private in-process broker.
+func New(opts Options) *Broker {
+	opts = opts.withDefaults()
+	c := newCore(opts.Buffer)
+	c.refs = 1
+	return newHandle(c, opts)
+}
+
+func newHandle(c *core, opts Options) *Broker {
+	return &Broker{
+		c:          c,
+		ackTimeout: opts.AckTimeout,
+		maxSize:    opts.MaxMessageSize,
+		pubs:       make(map[*publisher]struct{}),
+		subs:       make(map[*subscriber]struct{}),
+	}
+}
+
+// Capabilities claims everything the conformance suite checks.
+func (b *Broker) Capabilities() semantics.Capabilities {
+	return semantics.Capabilities{
+		ConsumerGroups:   true,
+		FanOut:           true,
+		PerKeyOrdering:   true,
+		CrashRedelivery:  true,
+		DelayedNack:      true,
+		AttemptCount:     true,
+		DeadLetter:       true,
+		NativeDeadLetter: true,
+		MaxMessageSize:   b.maxSize,
+	}
+}
+
+// NewPublisher returns a publisher to any topic of the broker.
+func (b *Broker) NewPublisher(ctx context.Context) (broker.Publisher, error) {
+	p := &publisher{b: b, done: make(chan struct{})}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, broker.ErrClosed
+	}
+	b.pubs[p] = struct{}{}
+	return p, nil
+}
+
+// NewSubscriber joins group opts.Group of opts.Topic, creating both if
+// needed. The subscriber implements broker.BatchReceiver.
+func (b *Broker) NewSubscriber(ctx context.Context, opts broker.SubscriberOptions) (broker.Subscriber, error) {
+	const op = "mem: subscribe"
+	if err := opts.Validate(op); err != nil {
+		return nil, err
+	}
+	opts = opts.WithDefaults()
+	if opts.AckTimeout == 0 {
+		opts.AckTimeout = b.ackTimeout
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, broker.ErrClosed
+	}
+	t, err := b.c.topic(opts.Topic)
+	if err != nil {
+		return nil, err
+	}
+	s, err := t.subscribe(b, opts)
+	if err != nil {
+		return nil, err
+	}
+	b.subs[s] = struct{}{}
+	return s, nil
+}
+
+// Close closes the publishers and subscribers made by b (a waiting Publish
+// or Receive returns broker.ErrClosed; unsettled deliveries become
+// available for redelivery) and releases b's hold on the broker: the
+// broker itself closes, dropping its messages, with its last handle.
+// Closing twice returns nil.
+func (b *Broker) Close(ctx context.Context) error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	pubs, subs := b.pubs, b.subs
+	b.pubs, b.subs = nil, nil
+	b.mu.Unlock()
+	for p := range pubs {
+		p.close()
+	}
+	for s := range subs {
+		s.close()
+	}
+	release(b)
+	return nil
+}
+
+func (b *Broker) forgetPublisher(p *publisher) {
+	b.mu.Lock()
+	delete(b.pubs, p)
+	b.mu.Unlock()
+}
+
+func (b *Broker) forgetSubscriber(s *subscriber) {
+	b.mu.Lock()
+	delete(b.subs, s)
+	b.mu.Unlock()
+}
+
+// ---- the mem:// registry ----
+
+var (
+	registryMu sync.Mutex
+	registry   = map[string]*core{}
+)
+
+func init() {
+	broker.Register("mem", broker.DriverFunc(openURL))
+}
+
+// Open opens mem://NAME?params; see the package documentation for the
+// parameters. It is what broker.Open calls for the mem scheme.
+func Open(ctx context.Context, rawURL string) (*Broker, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme != "mem" {
+		return nil, broker.Errorf(semantics.InvalidArgument, "mem: open", "malformed mem:// URL %s", broker.Redact(rawURL))
+	}
+	return openParsed(u)
+}
+
+func openURL(ctx context.Context, u *url.URL) (broker.Broker, error) {
+	b, err := openParsed(u)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func openParsed(u *url.URL) (*Broker, error) {
+	const op = "mem: open"
+	if u.Opaque != "" || (u.Path != "" && u.Path != "/") || u.User != nil {
+		return nil, broker.Errorf(semantics.InvalidArgument, op, "a mem:// URL is mem://NAME?params, got %s", u.Redacted())
+	}
+	p := broker.NewParams("mem", u, "ack_timeout", "buffer", "max_size")
+	opts := Options{
+		AckTimeout:     p.Duration("ack_timeout", DefaultAckTimeout),
+		Buffer:         p.Int("buffer", DefaultBuffer),
+		MaxMessageSize: p.Int("max_size", DefaultMaxMessageSize),
+	}
+	if opts.AckTimeout <= 0 {
+		p.Fail("parameter ack_timeout=%v must be positive", opts.AckTimeout)
+	}
+	if opts.Buffer <= 0 {
+		p.Fail("parameter buffer=%d must be positive", opts.Buffer)
+	}
+	if opts.MaxMessageSize == 0 || opts.MaxMessageSize < -1 {
+		p.Fail("parameter max_size=%d must be positive, or -1 for no limit", opts.MaxMessageSize)
+	}
+	if err := p.Err(); err != nil {
+		return nil, err
+	}
+	opts = opts.withDefaults()
+	name := u.Host
+	explicitBuffer := u.Query().Get("buffer") != ""
+
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	c := registry[name]
+	if c == nil {
+		c = newCore(opts.Buffer)
+		registry[name] = c
+	} else if explicitBuffer && c.buffer != opts.Buffer {
+		return nil, broker.Errorf(semantics.InvalidArgument, op,
+			"mem://%s is already open with buffer=%d; every Open of one name shares one broker, so its buffer cannot change to %d", name, c.buffer, opts.Buffer)
+	}
+	c.refs++
+	b := newHandle(c, opts)
+	b.name, b.registered = name, true
+	return b, nil
+}
+
+// release drops b's reference on its core and closes the core with the last.
+func release(b *Broker) {
+	registryMu.Lock()
+	b.c.refs--
+	last := b.c.refs == 0
+	if last && b.registered && registry[b.name] == b.c {
+		delete(registry, b.name)
+	}
+	registryMu.Unlock()
+	if last {
+		b.c.close()
+	}
+}
+
+func (b *Broker) String() string {
+	if b.registered {
+		return fmt.Sprintf("mem://%s", b.name)
+	}
+	return "mem (private)"
+}

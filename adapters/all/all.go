@@ -1,0 +1,12 @@
+// Package all registers every queuekit adapter's URL scheme. Import it for
+// its side effect when a program picks its broker from configuration:
+//
+//	import _ "github.com/queuekit/queuekit/adapters/all"
+//
+// A program that needs one broker should import that adapter alone, so that
+// it compiles no other broker's SDK.
+package all
+
+import (
+	_ "github.com/queuekit/queuekit/adapters/memory" // mem://
+)

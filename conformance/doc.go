@@ -1,0 +1,131 @@
+// Package conformance is queuekit's shared property suite: it measures, for
+// any adapter, what is really delivered — lost, duplicated and reordered
+// messages, redelivery after a nack and after a crash, dead-lettering after
+// N attempts, and what Close does — and reports it per property.
+//
+// # Running it against an adapter
+//
+// An adapter's test is a few lines (testing/fstest and testing/slogtest
+// work the same way):
+//
+//	func TestConformance(t *testing.T) {
+//		conformance.Run(t, conformance.Harness{
+//			Name: "mine",
+//			Open: func(ctx context.Context) (broker.Broker, error) { return mine.Open(ctx, url) },
+//		})
+//	}
+//
+// Run makes one subtest per property (go test -run 'TestConformance/alo.no-loss'
+// runs one). Every property opens its own broker with Harness.Open, uses a
+// fresh topic (Harness.NewTopic), fresh consumer groups named after the
+// topic, a new publisher and new subscribers, and closes them all. Each
+// subscriber is created before anything is published to its topic, so an
+// adapter must deliver to a subscription every message published after
+// NewSubscriber returned. Check runs the same suite without a *testing.T,
+// for tools.
+//
+// # Capabilities decide what runs
+//
+// A property that needs a claim of semantics.Capabilities the adapter does
+// not make is reported "unsupported" and skipped with t.Skip("unsupported:
+// ...") — never passed. A claim is a promise that is tested.
+//
+// # The properties
+//
+// Every property counts with a semantics.Ledger (published, delivered,
+// handled) and fails with numbers and ids, such as "lost 3 of 1000: ids ...".
+// Waiting is on ledger conditions with a deadline (Harness.Timeout), never a
+// fixed sleep.
+//
+//	roundtrip                 ID, Key, Payload, Headers, Topic, Attempt (1 on the first delivery)
+//	                          and PublishedAt arrive as published; Publish gives a message
+//	                          without an ID a new one and stamps PublishedAt.
+//	alo.nack-redelivers       every delivery nacked with no delay comes back, with Attempt >= 2
+//	                          where AttemptCount is claimed (raw Subscriber).
+//	alo.crash-redelivers      a subscriber receives 5 messages, never settles them and closes;
+//	                          a new subscriber of the group gets all 5, with Attempt >= 2 where
+//	                          counted (needs CrashRedelivery).
+//	alo.no-loss               Harness.Messages over 16 keys, published by 4 concurrent producers
+//	                          in batches, consumed with broker.Consume at-least-once (concurrency
+//	                          8, two subscribers of one group where ConsumerGroups is claimed);
+//	                          the first attempt of every 7th message fails. Nothing may be lost;
+//	                          duplicates are counted, not failed.
+//	amo.no-redelivery         40 messages consumed at-most-once, every 5th handler failing: no
+//	                          handler runs twice for a message, watched until 1.5 x AckTimeout
+//	                          after all were handled.
+//	group.competing           two subscribers of one group share the messages (each gets some)
+//	                          and no message goes to both within half an AckTimeout (needs
+//	                          ConsumerGroups).
+//	group.fanout              two groups each get all 20 messages (needs FanOut).
+//	order.per-key             Harness.Messages over 8 keys, published in batches of 50 and
+//	                          consumed with Consume PerKey, concurrency 4, are first handled in
+//	                          publish order within each key (needs PerKeyOrdering).
+//	nack.delay                a delivery nacked with a 1s delay comes back, not sooner than 1s
+//	                          after Nack was called (5ms of slack for clocks that keep
+//	                          milliseconds) (needs DelayedNack).
+//	dlq.after-max-attempts    messages nacked on every delivery of a subscriber with
+//	                          MaxAttempts 3 reach "<topic>.dlq" with their ID and payload; each
+//	                          distinct ID must arrive (copies beyond one are counted as
+//	                          duplicates: some brokers forward more than once), and where
+//	                          AttemptCount is claimed each was delivered exactly 3 times, with
+//	                          Attempt 1, 2, 3, on the main subscription first (needs DeadLetter).
+//	close.publisher-flush     5 goroutines publish while the publisher is closed: every Publish
+//	                          that returned nil is delivered, the others return ErrClosed, and so
+//	                          does Publish after Close.
+//	close.graceful-consume    Consume is cancelled while 4 handlers run: it returns only after
+//	                          they finish (their context not cancelled), and a new subscriber of
+//	                          the group gets every message that was not handled — nothing
+//	                          un-handled was acked.
+//	headers.roundtrip         a 1 KiB payload of every byte value with 20 headers (mixed case,
+//	                          unicode, newlines, separators, an empty value, 500 bytes), an empty
+//	                          payload, a 64 KiB random payload (or MaxMessageSize/2) and zeros
+//	                          arrive byte for byte.
+//	publish.oversize-refused  a batch holding a message over MaxMessageSize fails with a
+//	                          *broker.TooLargeError (errors.Is ErrTooLarge, kind invalid
+//	                          argument) naming it, and nothing of the batch is delivered; a
+//	                          message of exactly MaxMessageSize (by Message.Size, when <= 16 MiB)
+//	                          is accepted (needs MaxMessageSize > 0).
+//	ack.idempotent            Ack twice returns nil, Nack after Ack returns ErrAlreadySettled;
+//	                          Nack twice returns nil, Ack after Nack returns ErrAlreadySettled and
+//	                          the nacked message still comes back.
+//	attempt.count             a message nacked twice is delivered with Attempt 1, 2, 3 (needs
+//	                          AttemptCount).
+//
+// Properties about the adapter itself (redelivery, crash, dead letters,
+// settling) use Subscriber.Receive, Ack and Nack directly; properties about
+// consumer semantics (no loss, at-most-once, ordering, graceful shutdown) use
+// broker.Consume, as applications do.
+//
+// # Observation windows
+//
+// Some properties must show that something does NOT happen. amo.no-redelivery
+// watches for a second handling until 1.5 x AckTimeout after every message was
+// handled once: long enough for an adapter that lost an ack to redeliver
+// after the ack timeout, short enough to keep the suite fast. A broker that
+// redelivers later than that passes falsely; lengthen Harness.AckTimeout's
+// effect by raising it if your broker's timer is coarse. group.competing
+// treats a message delivered to both subscribers within half an AckTimeout
+// as copied rather than redelivered. These windows are a trade-off between
+// test time and the certainty of a negative; nack.delay needs none (it waits
+// for the redelivery and checks when it came).
+//
+// # The report
+//
+// When QUEUEKIT_CONFORMANCE_REPORT=<file> is set, Run writes the properties
+// it ran as JSON (the names are stable; other tools read them):
+//
+//	{"adapter":"memory","results":[
+//	 {"property":"alo.no-loss","verdict":"pass","published":1000,"handled":1000,
+//	  "lost":0,"duplicates":12,"reordered":0,"detail":""}]}
+//
+// verdict is pass, fail or unsupported; detail says why a property failed or
+// is unsupported, and what was observed when it passed. The path is relative
+// to the test's package directory; prefer an absolute one. A "{adapter}" in
+// the path is replaced by Harness.Name, which is the way to run several
+// packages (`go test ./adapters/...` runs one process per package, and
+// processes overwrite each other's file). Within one test binary, a second
+// Run for the same adapter merges its results into the file (a property run
+// again replaces its old result); a Run for another adapter writes
+// "<file without extension>.<adapter><extension>" instead, since one report
+// holds one adapter. Report, ReadReport and Check give tools the same data.
+package conformance

@@ -1,0 +1,232 @@
+package conformance
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// Harness connects the suite to one adapter. Only Name and Open are
+// required.
+type Harness struct {
+	// Name is the adapter's name in the report: "memory", "kafka", ...
+	Name string
+	// Open returns the broker under test. It is called once per property;
+	// the suite closes what it returns.
+	Open func(ctx context.Context) (broker.Broker, error)
+	// NewTopic returns a fresh topic name for property; default
+	// "qk-<property>-<random>" with the property's dots turned into dashes
+	// (a name every supported broker accepts). Dead letters go to the
+	// topic's default dead-letter topic, "<topic>.dlq".
+	NewTopic func(property string) string
+	// AckTimeout is set on every subscriber the suite makes (the visibility
+	// timeout or ack deadline after which an unsettled delivery comes back);
+	// default 2s. Properties that must show that something does NOT happen
+	// watch for a window derived from it (see the package doc).
+	AckTimeout time.Duration
+	// Messages is the number of messages of the bulk properties
+	// (alo.no-loss, order.per-key); default 1000.
+	Messages int
+	// Timeout bounds each property; default 60s. A property waiting for a
+	// message that never comes fails when it runs out.
+	Timeout time.Duration
+
+	// Fault hooks (broker restarts, network cuts) will be added here as
+	// optional fields; a zero value will always mean "no fault".
+}
+
+const (
+	defaultAckTimeout = 2 * time.Second
+	defaultMessages   = 1000
+	defaultTimeout    = 60 * time.Second
+	// teardownTimeout bounds closing what a property opened and waiting
+	// for its goroutines.
+	teardownTimeout = 10 * time.Second
+)
+
+func (h Harness) withDefaults() (Harness, error) {
+	if h.Open == nil {
+		return h, errors.New("conformance: Harness.Open is required")
+	}
+	if h.Name == "" {
+		h.Name = "unnamed"
+	}
+	if h.NewTopic == nil {
+		h.NewTopic = func(property string) string {
+			return "qk-" + strings.ReplaceAll(property, ".", "-") + "-" + randomHex(3)
+		}
+	}
+	if h.AckTimeout <= 0 {
+		h.AckTimeout = defaultAckTimeout
+	}
+	if h.Messages <= 0 {
+		h.Messages = defaultMessages
+	}
+	if h.Timeout <= 0 {
+		h.Timeout = defaultTimeout
+	}
+	return h, nil
+}
+
+// Run runs every property against the adapter, each as t.Run(property, ...),
+// one after the other. A property the adapter's Capabilities do not claim is
+// skipped with a message starting "unsupported:"; a failed one fails its
+// subtest with the Ledger's numbers and the offending ids. When ReportEnv is
+// set, Run writes the JSON report of the properties it ran (see the package
+// doc for how several Run calls share one path).
+func Run(t *testing.T, h Harness) {
+	t.Helper()
+	h, err := h.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := Report{Adapter: h.Name}
+	for _, prop := range properties {
+		t.Run(prop.name, func(t *testing.T) {
+			res := runProperty(context.Background(), h, prop, t.Logf)
+			rep.Results = append(rep.Results, res)
+			switch res.Verdict {
+			case Unsupported:
+				t.Skip("unsupported: " + res.Detail)
+			case Fail:
+				t.Errorf("%s: %s (published %d, handled %d, lost %d, duplicates %d, reordered %d)",
+					prop.name, res.Detail, res.Published, res.Handled, res.Lost, res.Duplicates, res.Reordered)
+			default:
+				if res.Detail != "" {
+					t.Log(res.Detail)
+				}
+			}
+		})
+	}
+	if path := os.Getenv(ReportEnv); path != "" && len(rep.Results) > 0 {
+		where, err := recordReport(path, rep)
+		if err != nil {
+			t.Errorf("conformance: %s=%s: %v", ReportEnv, path, err)
+		} else {
+			t.Logf("conformance report for %s written to %s", h.Name, where)
+		}
+	}
+}
+
+// Check runs the suite without a *testing.T and returns the report, for
+// tools such as the queuekit command. only restricts the run to the named
+// properties (all when empty); an unknown name is an error. Properties run
+// one after the other, each bounded by Harness.Timeout.
+func Check(ctx context.Context, h Harness, only ...string) (Report, error) {
+	return check(ctx, h, 1, only...)
+}
+
+// check is Check with up to parallel properties running at once (each has
+// its own broker, topic and groups, so they do not interfere).
+func check(ctx context.Context, h Harness, parallel int, only ...string) (Report, error) {
+	h, err := h.withDefaults()
+	if err != nil {
+		return Report{}, err
+	}
+	props, err := selectProperties(only)
+	if err != nil {
+		return Report{}, err
+	}
+	rep := Report{Adapter: h.Name, Results: make([]Result, len(props))}
+	sem := make(chan struct{}, max(parallel, 1))
+	var wg sync.WaitGroup
+	for i, prop := range props {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			rep.Results[i] = runProperty(ctx, h, prop, nil)
+		}()
+	}
+	wg.Wait()
+	return rep, nil
+}
+
+func selectProperties(only []string) ([]property, error) {
+	if len(only) == 0 {
+		return properties, nil
+	}
+	var out []property
+	for _, name := range only {
+		p, ok := propertyByName(name)
+		if !ok {
+			return nil, fmt.Errorf("conformance: unknown property %q (known: %s)", name, strings.Join(PropertyNames(), ", "))
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// runProperty opens a broker, decides from its Capabilities whether prop
+// applies, runs it and tears everything down. It never panics: a panic in
+// the adapter is a failed property.
+func runProperty(ctx context.Context, h Harness, prop property, logf func(string, ...any)) (res Result) {
+	start := time.Now()
+	res = Result{Property: prop.name}
+	defer func() { res.Elapsed = time.Since(start) }()
+
+	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
+	defer cancel()
+	p := &probe{h: h, prop: prop.name, ordered: prop.ordered, logf: logf, run: randomHex(3)}
+	p.ctx, p.cancel = context.WithCancel(ctx)
+	defer p.cancel()
+
+	b, err := p.open()
+	if err != nil {
+		res.Verdict, res.Detail = Fail, fmt.Sprintf("open: %v", err)
+		return res
+	}
+	p.b, p.caps = b, b.Capabilities()
+	if missing := prop.needs(p.caps); missing != "" {
+		p.teardown()
+		res.Verdict, res.Detail = Unsupported, "the adapter does not claim "+missing
+		return res
+	}
+	p.topic = h.NewTopic(prop.name)
+	p.led = newTally(p)
+
+	runErr := p.protect(func() error { return prop.run(p) })
+	p.teardown()
+
+	c := p.counts
+	if c == nil {
+		r := p.led.Report()
+		c = &counts{published: r.Published, handled: r.Handled, lost: len(r.Lost), duplicates: r.Duplicates, reordered: len(r.Reordered)}
+	}
+	if !prop.ordered {
+		c.reordered = 0
+	}
+	res.Published, res.Handled, res.Lost, res.Duplicates, res.Reordered = c.published, c.handled, c.lost, c.duplicates, c.reordered
+	problems := p.problems()
+	if runErr != nil {
+		problems = append([]string{runErr.Error()}, problems...)
+	}
+	if note := p.consumeNote(); note != "" {
+		p.notes = append(p.notes, note)
+	}
+	if len(problems) > 0 {
+		res.Verdict = Fail
+		res.Detail = joinDetail(append(problems, p.notes...))
+	} else {
+		res.Verdict = Pass
+		res.Detail = joinDetail(p.notes)
+	}
+	return res
+}
+
+func joinDetail(parts []string) string { return strings.Join(parts, "; ") }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails
+	return hex.EncodeToString(b)
+}

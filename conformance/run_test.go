@@ -1,0 +1,93 @@
+package conformance_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/adapters/memory"
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/conformance"
+	"github.com/queuekit/queuekit/semantics"
+)
+
+func openMemory(context.Context) (broker.Broker, error) { return memory.New(memory.Options{}), nil }
+
+// TestMemoryConformance is what every adapter's test looks like: the honest
+// memory adapter must pass every property (it claims every capability).
+func TestMemoryConformance(t *testing.T) {
+	conformance.Run(t, conformance.Harness{
+		Name:       "memory",
+		Open:       openMemory,
+		AckTimeout: time.Second,
+	})
+}
+
+// hidden claims no capability.
+type hidden struct{ broker.Broker }
+
+func (hidden) Capabilities() semantics.Capabilities { return semantics.Capabilities{} }
+
+// TestRunReportsAndSkips runs Run in a child test process against an
+// adapter that claims nothing, with the report variable set, and checks the
+// child's verdicts, its skip messages and the JSON it wrote.
+func TestRunReportsAndSkips(t *testing.T) {
+	if os.Getenv("QUEUEKIT_CONFORMANCE_CHILD") == "1" {
+		conformance.Run(t, conformance.Harness{
+			Name:       "claims-nothing",
+			Open:       func(ctx context.Context) (broker.Broker, error) { return hidden{memory.New(memory.Options{})}, nil },
+			AckTimeout: time.Second,
+			Messages:   100,
+		})
+		return
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRunReportsAndSkips$", "-test.v")
+	cmd.Env = append(os.Environ(), "QUEUEKIT_CONFORMANCE_CHILD=1",
+		conformance.ReportEnv+"="+filepath.Join(dir, "report-{adapter}.json"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child run failed: %v\n%s", err, out)
+	}
+	rep, err := conformance.ReadReport(filepath.Join(dir, "report-claims-nothing.json"))
+	if err != nil {
+		t.Fatalf("%v\nchild output:\n%s", err, out)
+	}
+	if rep.Adapter != "claims-nothing" || len(rep.Results) != len(conformance.Properties()) {
+		t.Fatalf("report for %q with %d results, want claims-nothing with %d", rep.Adapter, len(rep.Results), len(conformance.Properties()))
+	}
+	for _, p := range conformance.Properties() {
+		res, ok := rep.Result(p.Name)
+		if !ok {
+			t.Errorf("no result for %s", p.Name)
+			continue
+		}
+		switch {
+		case p.Needs == "" && res.Verdict != conformance.Pass:
+			t.Errorf("%s: verdict %s (%s), want pass", p.Name, res.Verdict, res.Detail)
+		case p.Needs != "" && res.Verdict != conformance.Unsupported:
+			t.Errorf("%s: verdict %s, want unsupported: it needs %s, which the adapter does not claim", p.Name, res.Verdict, p.Needs)
+		case p.Needs != "":
+			skip := "--- SKIP: TestRunReportsAndSkips/" + p.Name
+			if !strings.Contains(string(out), skip) || !strings.Contains(res.Detail, p.Needs) {
+				t.Errorf("%s: want a %q line and a detail naming %s; detail %q", p.Name, skip, p.Needs, res.Detail)
+			}
+		}
+	}
+	if !strings.Contains(string(out), "unsupported: the adapter does not claim") {
+		t.Errorf("child output has no \"unsupported:\" skip message:\n%s", out)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "report-claims-nothing.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, field := range []string{`"adapter"`, `"results"`, `"property"`, `"verdict"`, `"published"`, `"handled"`, `"lost"`, `"duplicates"`, `"reordered"`, `"detail"`} {
+		if !strings.Contains(string(raw), field) {
+			t.Errorf("report has no %s field:\n%s", field, raw)
+		}
+	}
+}

@@ -70,7 +70,7 @@ func (c *core) deadLetter(name string, msgs []*broker.Message) {
 	for _, g := range *t.targets.Load() {
 		ents := make([]entry, len(msgs))
 		for i, m := range msgs {
-			ents[i].init(m, name, g)
+			ents[i].init(m, g)
 		}
 		g.mu.Lock()
 		if !g.closed {

@@ -78,13 +78,15 @@
 //
 // # Messages
 //
-// Publish copies each message's payload and headers (one allocation for all
-// payloads of a call), so the caller may reuse its buffers and maps as soon
-// as Publish returns. A delivered message's Payload and Headers are shared
-// by every delivery of that message in a group and must be treated as
-// read-only (Clone it to change it). Messages larger than MaxMessageSize
-// (default 10 MiB, as measured by Message.Size) fail Publish with
-// broker.ErrTooLarge before anything is published.
+// Publish copies each message, its payload and its headers, so the caller
+// may reuse the Message, its buffers and its maps as soon as Publish returns.
+// (Small payloads are copied into shared 8 KiB chunks rather than one
+// allocation each.) A delivered Message belongs to the broker: its Payload
+// and Headers are shared by every delivery of the message and a redelivery
+// is copied from the first delivery, so handlers must treat it as read-only
+// and Clone it to change it. Messages larger than MaxMessageSize (default
+// 10 MiB, as measured by Message.Size) fail Publish with broker.ErrTooLarge
+// before anything is published.
 //
 // # Close
 //

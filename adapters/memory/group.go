@@ -10,37 +10,40 @@ import (
 )
 
 // entry is one message in one group, from publish to ack or dead letter.
-// Its first delivery is embedded so that a message delivered once costs no
-// allocation on the consume path; redeliveries get a fresh delivery, so a
-// stale handle can never settle a later delivery.
+// Its first delivery is embedded, and its Message is the group's copy of
+// the message, so that a message costs one allocation from publish to ack.
+// A redelivery gets a fresh delivery copied from the first (handlers treat
+// delivered messages as read-only), so that a stale handle can never settle
+// a later delivery.
 type entry struct {
-	m        broker.Message // the group's copy; read-only once published
-	g        *group
-	attempts int       // deliveries so far; guarded by g.mu
-	cur      *delivery // the delivery in flight, if any; guarded by g.mu
-	due      int64     // when a delayed redelivery is due; guarded by g.mu
-	next     *entry    // next entry waiting for the same key; guarded by g.mu
 	first    delivery
+	key      string // the message's key, kept apart from what handlers see
+	g        *group
+	attempts int    // deliveries so far; guarded by g.mu
+	due      int64  // when a delayed redelivery is due; guarded by g.mu
+	next     *entry // next entry waiting for the same key; guarded by g.mu
 }
 
-func (e *entry) init(m *broker.Message, topic string, g *group) {
-	e.m = *m
-	e.m.Topic, e.m.Attempt = topic, 0
+// init makes e the copy of m (whose payload and headers are copied already)
+// in group g.
+func (e *entry) init(m *broker.Message, g *group) {
+	e.first.msg = *m
+	e.first.msg.Topic, e.first.msg.Attempt = g.t.name, 1
+	e.key = m.Key
 	e.g = g
-	e.first.msg = e.m
 }
 
 // delivery is one delivery of an entry; it implements broker.Delivery.
 type delivery struct {
 	msg    broker.Message
-	settle broker.Settlement
 	e      *entry
+	settle broker.Settlement
 
 	// guarded by e.g.mu
+	inflight   bool
 	sub        *subscriber
 	prev, next *delivery // in sub's in-flight list, deadline order
 	deadline   int64
-	inflight   bool
 }
 
 func (d *delivery) Message() *broker.Message { return &d.msg }
@@ -138,7 +141,7 @@ func (g *group) popLocked(s *subscriber, buf []broker.Delivery, now int64) int {
 			break
 		}
 		e := g.ready.popFront()
-		if key := e.m.Key; key != "" {
+		if key := e.key; key != "" {
 			ks, held := g.keys[key]
 			if !held {
 				g.keys[key] = keyState{owner: e}
@@ -165,7 +168,7 @@ func (g *group) deliverLocked(e *entry, s *subscriber, now int64) *delivery {
 	e.attempts++
 	d := &e.first
 	if e.attempts > 1 {
-		d = &delivery{msg: e.m}
+		d = &delivery{msg: e.first.msg}
 		g.redelivered++
 	}
 	d.e = e
@@ -173,7 +176,6 @@ func (g *group) deliverLocked(e *entry, s *subscriber, now int64) *delivery {
 	d.sub = s
 	d.deadline = now + s.ackTimeout
 	d.inflight = true
-	e.cur = d
 	// Append to s's in-flight list: deadlines only grow within it.
 	d.next = nil
 	d.prev = s.tail
@@ -206,7 +208,6 @@ func (g *group) unlinkLocked(d *delivery) {
 	}
 	d.prev, d.next, d.sub = nil, nil, nil
 	d.inflight = false
-	d.e.cur = nil
 	s.n--
 	g.inflight--
 	if s.creditWait && s.n < s.prefetch {
@@ -222,7 +223,7 @@ func (g *group) unlinkLocked(d *delivery) {
 // of its key go.
 func (g *group) removeLocked(e *entry) {
 	g.count--
-	if key := e.m.Key; key != "" {
+	if key := e.key; key != "" {
 		ks := g.keys[key]
 		if nxt := ks.head; nxt != nil {
 			ks.head = nxt.next
@@ -293,14 +294,14 @@ func (g *group) nack(d *delivery, delay time.Duration) error {
 func (g *group) deadLocked(e *entry, why string, maxAttempts int) *broker.Message {
 	g.removeLocked(e)
 	g.dead++
-	m := e.m // Payload is shared and read-only; headers are copied below
+	m := e.first.msg // Payload is shared and read-only; headers are copied below
 	h := make(map[string]string, len(m.Headers)+3)
 	for k, v := range m.Headers {
 		h[k] = v
 	}
 	h[broker.HeaderDeadReason] = why + " on attempt " + strconv.Itoa(e.attempts) + " (MaxAttempts " + strconv.Itoa(maxAttempts) + ")"
 	h[broker.HeaderDeadAttempts] = strconv.Itoa(e.attempts)
-	h[broker.HeaderOriginalTopic] = m.Topic
+	h[broker.HeaderOriginalTopic] = g.t.name
 	m.Headers = h
 	m.Topic, m.Attempt = "", 0
 	return &m

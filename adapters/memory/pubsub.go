@@ -3,6 +3,7 @@ package memory
 import (
 	"context"
 	"maps"
+	"sync"
 	"sync/atomic"
 
 	"github.com/queuekit/queuekit/broker"
@@ -44,34 +45,20 @@ func (p *publisher) Publish(ctx context.Context, topicName string, msgs ...*brok
 	targets := *t.targets.Load()
 	n, G := len(msgs), len(targets)
 
-	// Copy: one allocation for the entries of every group, one for all
-	// payloads, one per message with headers.
-	total := 0
-	for _, m := range msgs {
-		total += len(m.Payload)
-	}
-	var arena []byte
-	if total > 0 {
-		arena = make([]byte, 0, total)
-	}
+	// Copy: one allocation for the entries of every group, and one per
+	// message with headers; small payloads share chunks (see copyPayload).
 	ents := make([]entry, n*G)
 	for i, m := range msgs {
 		e := &ents[i]
-		e.m = *m
-		e.m.Topic, e.m.Attempt = topicName, 0
+		e.init(m, targets[0])
 		if len(m.Payload) > 0 {
-			start := len(arena)
-			arena = append(arena, m.Payload...)
-			e.m.Payload = arena[start:len(arena):len(arena)]
+			e.first.msg.Payload = copyPayload(m.Payload)
 		}
 		if m.Headers != nil {
-			e.m.Headers = maps.Clone(m.Headers)
+			e.first.msg.Headers = maps.Clone(m.Headers)
 		}
-		e.g = targets[0]
-		e.first.msg = e.m
 		for gi := 1; gi < G; gi++ {
-			f := &ents[gi*n+i]
-			f.m, f.g, f.first.msg = e.m, targets[gi], e.m
+			ents[gi*n+i].init(&e.first.msg, targets[gi])
 		}
 	}
 
@@ -112,6 +99,37 @@ func (p *publisher) Publish(ctx context.Context, topicName string, msgs ...*brok
 		done += chunk
 	}
 	return nil
+}
+
+// Payloads up to chunkedMax bytes are copied into shared chunks of chunkSize
+// bytes instead of an allocation each. A chunk stays in memory while any
+// message copied into it is referenced.
+const (
+	chunkSize  = 8 << 10
+	chunkedMax = 512
+)
+
+type chunk struct{ buf []byte }
+
+var chunks sync.Pool // of *chunk with room left
+
+// copyPayload returns a copy of p (len > 0) whose capacity ends with it, so
+// that an append by the receiver cannot touch a neighbour.
+func copyPayload(p []byte) []byte {
+	if len(p) > chunkedMax {
+		return append([]byte(nil), p...)
+	}
+	c, _ := chunks.Get().(*chunk)
+	if c == nil || cap(c.buf)-len(c.buf) < len(p) {
+		c = &chunk{buf: make([]byte, 0, chunkSize)}
+	}
+	start := len(c.buf)
+	c.buf = append(c.buf, p...)
+	out := c.buf[start:len(c.buf):len(c.buf)]
+	if cap(c.buf)-len(c.buf) >= 16 {
+		chunks.Put(c)
+	}
+	return out
 }
 
 // publishFailed reports msgs[done:] as not published because of err.

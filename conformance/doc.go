@@ -18,10 +18,10 @@
 // Run makes one subtest per property (go test -run 'TestConformance/alo.no-loss'
 // runs one). Every property opens its own broker with Harness.Open, uses a
 // fresh topic (Harness.NewTopic), fresh consumer groups named after the
-// topic, a new publisher and new subscribers, and closes them all. Each
-// subscriber is created before anything is published to its topic, so an
-// adapter must deliver to a subscription every message published after
-// NewSubscriber returned. Check runs the same suite without a *testing.T,
+// topic, a new publisher and new subscribers, and closes them all. A
+// group's first subscriber is created before anything is published to its
+// topic, so an adapter must deliver to a group every message published after
+// its first NewSubscriber returned. Check runs the same suite without a *testing.T,
 // for tools.
 //
 // # Capabilities decide what runs
@@ -53,9 +53,9 @@
 //	amo.no-redelivery         40 messages consumed at-most-once, every 5th handler failing: no
 //	                          handler runs twice for a message, watched until 1.5 x AckTimeout
 //	                          after all were handled.
-//	group.competing           two subscribers of one group share the messages (each gets some)
-//	                          and no message goes to both within half an AckTimeout (needs
-//	                          ConsumerGroups).
+//	group.competing           two subscribers of one group share the messages (each gets some;
+//	                          rounds of 10 are published, at most 9, until both have had one)
+//	                          and no message is copied to both (needs ConsumerGroups).
 //	group.fanout              two groups each get all 20 messages (needs FanOut).
 //	order.per-key             Harness.Messages over 8 keys, published in batches of 50 and
 //	                          consumed with Consume PerKey, concurrency 4, are first handled in
@@ -98,16 +98,24 @@
 //
 // # Observation windows
 //
-// Some properties must show that something does NOT happen. amo.no-redelivery
-// watches for a second handling until 1.5 x AckTimeout after every message was
-// handled once: long enough for an adapter that lost an ack to redeliver
-// after the ack timeout, short enough to keep the suite fast. A broker that
-// redelivers later than that passes falsely; lengthen Harness.AckTimeout's
-// effect by raising it if your broker's timer is coarse. group.competing
-// treats a message delivered to both subscribers within half an AckTimeout
-// as copied rather than redelivered. These windows are a trade-off between
-// test time and the certainty of a negative; nack.delay needs none (it waits
-// for the redelivery and checks when it came).
+// Some properties must show that something does NOT happen, which no signal
+// announces. amo.no-redelivery watches for a second handling until 1.5 x
+// AckTimeout after every message was handled once: long enough for an adapter
+// that lost an ack to redeliver after the ack timeout, short enough to keep
+// the suite fast. A broker that redelivers later than that passes falsely, so
+// an adapter whose timers are coarse should set a Harness.AckTimeout it
+// actually honours. group.competing judges "delivered to both subscribers of
+// a group" by attempt number where AttemptCount is claimed (two deliveries
+// with the same Attempt are a copy, not a redelivery) and otherwise by time:
+// a second delivery within half an AckTimeout of the first is a copy. These
+// windows trade test time against the certainty of a negative. nack.delay
+// needs none: it waits for the redelivery and checks when it came.
+//
+// Errors that broker.Consume reports through OnError (an Ack that failed
+// because a slow consumer let the delivery expire, say) are noted in the
+// detail but do not fail a property by themselves: what they lead to — loss
+// or duplicates — is what the ledger judges. Settling through the raw
+// Subscriber is strict: any Ack or Nack error fails the property.
 //
 // # The report
 //
@@ -119,7 +127,11 @@
 //	  "lost":0,"duplicates":12,"reordered":0,"detail":""}]}
 //
 // verdict is pass, fail or unsupported; detail says why a property failed or
-// is unsupported, and what was observed when it passed. The path is relative
+// is unsupported, and what was observed when it passed. published, handled,
+// lost and duplicates are the Ledger's counts (duplicates are allowed under
+// at-least-once and only fail amo.no-redelivery); reordered is counted only
+// by order.per-key, the one property that publishes and consumes in a defined
+// per-key order, and is 0 elsewhere. The path is relative
 // to the test's package directory; prefer an absolute one. A "{adapter}" in
 // the path is replaced by Harness.Name, which is the way to run several
 // packages (`go test ./adapters/...` runs one process per package, and

@@ -92,7 +92,7 @@ func Run(t *testing.T, h Harness) {
 	rep := Report{Adapter: h.Name}
 	for _, prop := range properties {
 		t.Run(prop.name, func(t *testing.T) {
-			res := runProperty(context.Background(), h, prop, t.Logf)
+			res := runProperty(t.Context(), h, prop, t.Logf)
 			rep.Results = append(rep.Results, res)
 			switch res.Verdict {
 			case Unsupported:

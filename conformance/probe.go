@@ -199,14 +199,7 @@ func (p *probe) teardown() {
 func waitGroupDone(wg *sync.WaitGroup, d time.Duration) bool {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
-		return false
-	}
+	return waitClosed(done, d)
 }
 
 // signal wakes waiters whenever something was recorded.
@@ -440,6 +433,16 @@ func (p *probe) publish(pub broker.Publisher, led *tally, msgs []*broker.Message
 		msgs = msgs[n:]
 	}
 	return nil
+}
+
+// publishNew publishes msgs to the property's topic with a new publisher,
+// recording them in the property's ledger (see publish).
+func (p *probe) publishNew(msgs []*broker.Message, batch int) error {
+	pub, err := p.publisher()
+	if err != nil {
+		return err
+	}
+	return p.publish(pub, p.led, msgs, batch)
 }
 
 // bg is the context deliveries are settled with: not cancelled when the

@@ -263,10 +263,6 @@ func ackIdempotent(p *probe) error {
 	if err != nil {
 		return err
 	}
-	pub, err := p.publisher()
-	if err != nil {
-		return err
-	}
 	var mu sync.Mutex
 	role := map[string]int{} // 0: acked first, 1: nacked first
 	seen := map[string]int{}
@@ -311,7 +307,7 @@ func ackIdempotent(p *probe) error {
 		}
 	})
 	defer stop()
-	if err := p.publish(pub, p.led, p.messages(0, 2, 0), 2); err != nil {
+	if err := p.publishNew(p.messages(0, 2, 0), 2); err != nil {
 		return err
 	}
 	return p.waitAll(p.led, "the acked message and the redelivery of the nacked one")
@@ -319,10 +315,6 @@ func ackIdempotent(p *probe) error {
 
 func attemptCount(p *probe) error {
 	sub, err := p.subscribe("g", nil)
-	if err != nil {
-		return err
-	}
-	pub, err := p.publisher()
 	if err != nil {
 		return err
 	}
@@ -343,7 +335,7 @@ func attemptCount(p *probe) error {
 		p.led.Handled(m.ID)
 	})
 	defer stop()
-	if err := p.publish(pub, p.led, p.messages(0, 1, 0), 1); err != nil {
+	if err := p.publishNew(p.messages(0, 1, 0), 1); err != nil {
 		return err
 	}
 	if err := p.waitAll(p.led, "the third delivery"); err != nil {

@@ -139,11 +139,7 @@ func closeGracefulConsume(p *probe) error {
 	}, func() {
 		startedAtReturn, finishedAtReturn = started.Load(), finished.Load()
 	})
-	pub, err := p.publisher()
-	if err != nil {
-		return err
-	}
-	if err := p.publish(pub, p.led, p.messages(0, n, 0), 10); err != nil {
+	if err := p.publishNew(p.messages(0, n, 0), 10); err != nil {
 		return err
 	}
 	if err := p.wait(fmt.Sprintf("%d handlers to be running", conc), func() bool { return started.Load() >= conc }); err != nil {

@@ -18,10 +18,6 @@ func aloNackRedelivers(p *probe) error {
 	if err != nil {
 		return err
 	}
-	pub, err := p.publisher()
-	if err != nil {
-		return err
-	}
 	var mu sync.Mutex
 	seen := map[string]int{}
 	stop := p.receive(sub, func(d broker.Delivery) {
@@ -45,7 +41,7 @@ func aloNackRedelivers(p *probe) error {
 		p.led.Handled(m.ID)
 	})
 	defer stop()
-	if err := p.publish(pub, p.led, p.messages(0, n, 0), n); err != nil {
+	if err := p.publishNew(p.messages(0, n, 0), n); err != nil {
 		return err
 	}
 	if err := p.waitAll(p.led, "every nacked message to be redelivered"); err != nil {
@@ -60,10 +56,6 @@ func aloCrashRedelivers(p *probe) error {
 	if err != nil {
 		return err
 	}
-	pub, err := p.publisher()
-	if err != nil {
-		return err
-	}
 	var mu sync.Mutex
 	held := map[string]bool{}
 	stopCrashed := p.receive(crashed, func(d broker.Delivery) {
@@ -73,7 +65,7 @@ func aloCrashRedelivers(p *probe) error {
 		mu.Unlock()
 		p.sig.poke()
 	})
-	if err := p.publish(pub, p.led, p.messages(0, n, 0), n); err != nil {
+	if err := p.publishNew(p.messages(0, n, 0), n); err != nil {
 		return err
 	}
 	err = p.wait(fmt.Sprintf("the first subscriber to receive all %d messages without settling them (Prefetch %d)", n, n), func() bool {
@@ -231,11 +223,7 @@ func amoNoRedelivery(p *probe) error {
 			return nil
 		}, nil)
 	defer c.stop()
-	pub, err := p.publisher()
-	if err != nil {
-		return err
-	}
-	if err := p.publish(pub, p.led, p.messages(0, n, 0), 10); err != nil {
+	if err := p.publishNew(p.messages(0, n, 0), 10); err != nil {
 		return err
 	}
 	if err := p.waitAll(p.led, "every message to be handled once (nothing crashed, so nothing may be lost)"); err != nil {
@@ -275,10 +263,6 @@ func nackDelay(p *probe) error {
 	if err != nil {
 		return err
 	}
-	pub, err := p.publisher()
-	if err != nil {
-		return err
-	}
 	var mu sync.Mutex
 	nackedAt := map[string]time.Time{}
 	var waited []time.Duration
@@ -303,7 +287,7 @@ func nackDelay(p *probe) error {
 		p.led.Handled(m.ID)
 	})
 	defer stop()
-	if err := p.publish(pub, p.led, p.messages(0, n, 0), n); err != nil {
+	if err := p.publishNew(p.messages(0, n, 0), n); err != nil {
 		return err
 	}
 	if err := p.waitAll(p.led, fmt.Sprintf("the messages nacked with delay %v to come back", nackDelayValue)); err != nil {
@@ -332,10 +316,6 @@ func dlqAfterMaxAttempts(p *probe) error {
 		o.MaxAttempts = dlqMaxAttempts
 		o.DeadLetterTopic = dlqTopic
 	})
-	if err != nil {
-		return err
-	}
-	pub, err := p.publisher()
 	if err != nil {
 		return err
 	}
@@ -379,7 +359,7 @@ func dlqAfterMaxAttempts(p *probe) error {
 		p.led.Handled(m.ID)
 	})
 	defer stopDead()
-	if err := p.publish(pub, p.led, msgs, n); err != nil {
+	if err := p.publishNew(msgs, n); err != nil {
 		return err
 	}
 	if err := p.waitAll(p.led, fmt.Sprintf("every message to reach %s after %d attempts", dlqTopic, dlqMaxAttempts)); err != nil {

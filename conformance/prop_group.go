@@ -130,15 +130,11 @@ func groupFanout(p *probe) error {
 		})
 		defer stop()
 	}
-	pub, err := p.publisher()
-	if err != nil {
-		return err
-	}
 	msgs := p.messages(0, n, 0)
 	for _, m := range msgs {
 		leds[1].Published(m.ID, m.Key)
 	}
-	if err := p.publish(pub, p.led, msgs, n); err != nil {
+	if err := p.publishNew(msgs, n); err != nil {
 		return err
 	}
 	werr := p.wait("both groups to handle every message", func() bool { return leds[0].complete() && leds[1].complete() })
@@ -177,11 +173,7 @@ func orderPerKey(p *probe) error {
 			return nil
 		}, nil)
 	defer c.stop()
-	pub, err := p.publisher()
-	if err != nil {
-		return err
-	}
-	if err := p.publish(pub, p.led, p.messages(0, n, orderKeys), 50); err != nil {
+	if err := p.publishNew(p.messages(0, n, orderKeys), 50); err != nil {
 		return err
 	}
 	err = p.waitAll(p.led, "every message to be handled")

@@ -1,0 +1,195 @@
+package rabbitmq
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/semantics"
+)
+
+// A delayed nack publishes a copy of the message, with confirms, to a delay
+// queue "<queue>.qk-delay-<ms>ms" whose message TTL is the delay and whose
+// dead-letter target is the group's queue (through the default exchange),
+// then acks the original. Every message of one delay queue has the same
+// TTL, so none waits behind a longer one; delays are rounded up to two
+// significant digits (1234ms waits 1300ms) to keep the number of delay
+// queues small, and a delay queue unused for an hour past its TTL deletes
+// itself (x-expires). With quorum queues the delay queue is a quorum queue
+// that dead-letters at-least-once.
+const delayMarker = ".qk-delay-"
+
+// headerDelayTopic keeps the original topic of a message that went
+// through a delay queue, for the dead-letter headers.
+const headerDelayTopic = "queuekit-rabbitmq-topic"
+
+// redeclareAfter is how old a delay queue declaration may be before it is
+// declared again (which resets its x-expires clock).
+const redeclareAfter = 10 * time.Minute
+
+func isDelayQueue(name string) bool { return strings.Contains(name, delayMarker) }
+
+// delayMillis rounds d up to whole milliseconds with two significant
+// digits.
+func delayMillis(d time.Duration) int64 {
+	ms := (d + time.Millisecond - 1) / time.Millisecond
+	if ms < 1 {
+		return 1
+	}
+	n := int64(ms)
+	scale := int64(1)
+	for n >= 100 {
+		if n%10 != 0 {
+			n += 10
+		}
+		n /= 10
+		scale *= 10
+	}
+	return n * scale
+}
+
+// delayQueues remembers when each delay queue was last declared.
+type delayQueues struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+func (q *delayQueues) fresh(name string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	t, ok := q.at[name]
+	return ok && time.Since(t) < redeclareAfter
+}
+
+func (q *delayQueues) mark(name string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.at == nil {
+		q.at = make(map[string]time.Time)
+	}
+	q.at[name] = time.Now()
+}
+
+func (q *delayQueues) drop(name string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.at, name)
+}
+
+// forget drops and returns the delay queues of queue.
+func (q *delayQueues) forget(queue string) []string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var names []string
+	for name := range q.at {
+		if strings.HasPrefix(name, queue+delayMarker) {
+			names = append(names, name)
+			delete(q.at, name)
+		}
+	}
+	return names
+}
+
+// declared reports a queue the broker declared (a test hook).
+func (b *Broker) declared(queue string) {
+	if b.opts.onDeclare != nil {
+		b.opts.onDeclare(queue)
+	}
+}
+
+// retryChannel returns the subscriber's confirm-mode channel for delayed
+// copies, on the publishing connection.
+func (s *subscriber) retryChannel(ctx context.Context) (*pubChan, error) {
+	s.retryMu.Lock()
+	defer s.retryMu.Unlock()
+	if s.retry != nil && !s.retry.ch.IsClosed() {
+		return s.retry, nil
+	}
+	pc, err := s.b.openPubChan(ctx, s.prefetch)
+	if err != nil {
+		return nil, err
+	}
+	s.retry = pc
+	return pc, nil
+}
+
+// delay publishes a copy of d to the delay queue for delay and waits for
+// the broker's confirmation.
+func (s *subscriber) delay(ctx context.Context, d *delivery, delay time.Duration) error {
+	const op = "rabbitmq: delayed nack"
+	ms := delayMillis(delay)
+	name := s.queue + delayMarker + strconv.FormatInt(ms, 10) + "ms"
+	pc, err := s.retryChannel(ctx)
+	if err != nil {
+		return err
+	}
+	if !s.b.delayQueues.fresh(name) {
+		args := amqp.Table{
+			"x-queue-type":              s.b.opts.QueueType,
+			"x-message-ttl":             ms,
+			"x-expires":                 ms + time.Hour.Milliseconds(),
+			"x-dead-letter-exchange":    "",
+			"x-dead-letter-routing-key": s.queue,
+		}
+		if s.quorum {
+			args["x-dead-letter-strategy"] = "at-least-once"
+			args["x-overflow"] = "reject-publish"
+		}
+		if _, err := pc.ch.QueueDeclare(name, true, false, false, false, args); err != nil {
+			return wrap(op+": declare "+strconv.Quote(name), err)
+		}
+		s.b.delayQueues.mark(name)
+		s.b.declared(name)
+	}
+	raw := &d.raw
+	h := make(amqp.Table, len(raw.Headers)+2)
+	for k, v := range raw.Headers {
+		if k != "x-delivery-count" {
+			h[k] = v
+		}
+	}
+	h[headerBaseAttempt] = int64(d.msg.Attempt)
+	if _, ok := h[headerDelayTopic]; !ok {
+		h[headerDelayTopic] = s.opts.Topic
+	}
+	k := routeKey{raw.MessageId, name}
+	pc.register(k)
+	dc, err := pc.ch.PublishWithDeferredConfirm("", name, true, false, amqp.Publishing{
+		Headers:         h,
+		ContentType:     raw.ContentType,
+		ContentEncoding: raw.ContentEncoding,
+		DeliveryMode:    amqp.Persistent,
+		Priority:        raw.Priority,
+		CorrelationId:   raw.CorrelationId,
+		ReplyTo:         raw.ReplyTo,
+		MessageId:       raw.MessageId,
+		Timestamp:       raw.Timestamp,
+		Type:            raw.Type,
+		AppId:           raw.AppId,
+		Body:            raw.Body,
+	})
+	if err != nil {
+		pc.settle(k)
+		return wrap(op, err)
+	}
+	select {
+	case <-dc.Done():
+	case <-ctx.Done():
+		go func() { <-dc.Done(); pc.settle(k) }()
+		return broker.WrapError(semantics.Transient, op, ctx.Err())
+	}
+	returned := pc.settle(k)
+	switch {
+	case returned:
+		s.b.delayQueues.drop(name)
+		return broker.Errorf(semantics.NotFound, op, "delay queue %q is gone", name)
+	case !dc.Acked():
+		return broker.Errorf(semantics.Transient, op, "delayed copy not confirmed: %w", pc.cause())
+	}
+	return nil
+}

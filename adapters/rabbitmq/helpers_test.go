@@ -1,0 +1,122 @@
+package rabbitmq
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/internal/testenv"
+)
+
+// uniq returns a fresh name for a test's topics.
+func uniq(prefix string) string {
+	var b [5]byte
+	_, _ = rand.Read(b[:])
+	return prefix + "-" + hex.EncodeToString(b[:])
+}
+
+// cleanup collects the queues a test declares and deletes them at the end,
+// so that the shared server does not fill up.
+type cleanup struct {
+	mu     sync.Mutex
+	queues map[string]bool
+}
+
+func (c *cleanup) add(q string) {
+	c.mu.Lock()
+	if c.queues == nil {
+		c.queues = make(map[string]bool)
+	}
+	c.queues[q] = true
+	c.mu.Unlock()
+}
+
+func (c *cleanup) run(t testing.TB, url string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queues) == 0 {
+		return
+	}
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Logf("cleanup: %v", err)
+		return
+	}
+	defer conn.Close()
+	for q := range c.queues {
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Logf("cleanup: %v", err)
+			return
+		}
+		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+			t.Logf("cleanup: delete %s: %v", q, err)
+		}
+		ch.Close()
+	}
+}
+
+// openBroker dials the test server with opts (and params appended to the
+// URL) and deletes every queue it declares when the test ends.
+func openBroker(t testing.TB, params string, opts Options) *Broker {
+	t.Helper()
+	url := testenv.RabbitMQ(t)
+	c := &cleanup{}
+	opts.onDeclare = c.add
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	u := url
+	if params != "" {
+		u += "?" + params
+	}
+	b, err := Dial(ctx, u, opts)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = b.Close(context.Background())
+		c.run(t, url)
+	})
+	return b
+}
+
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newPub(t testing.TB, b broker.Broker) broker.Publisher {
+	t.Helper()
+	p, err := b.NewPublisher(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatalf("NewPublisher: %v", err)
+	}
+	t.Cleanup(func() { _ = p.Close(context.Background()) })
+	return p
+}
+
+func newSub(t testing.TB, b broker.Broker, o broker.SubscriberOptions) broker.Subscriber {
+	t.Helper()
+	s, err := b.NewSubscriber(ctxT(t, 10*time.Second), o)
+	if err != nil {
+		t.Fatalf("NewSubscriber: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	return s
+}
+
+func receive(t testing.TB, s broker.Subscriber, within time.Duration) broker.Delivery {
+	t.Helper()
+	d, err := s.Receive(ctxT(t, within))
+	if err != nil {
+		t.Fatalf("Receive: %v", err)
+	}
+	return d
+}

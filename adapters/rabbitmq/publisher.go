@@ -335,7 +335,6 @@ send:
 	return &broker.Error{Kind: broker.KindOf(failed[0].Err), Op: op, Err: &broker.PublishError{Failed: failed}}
 }
 
-
 // publishing turns a message into an AMQP publishing.
 func publishing(m *broker.Message) amqp.Publishing {
 	h := make(amqp.Table, len(m.Headers)+2)

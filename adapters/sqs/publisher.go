@@ -1,0 +1,299 @@
+package sqs
+
+import (
+	"context"
+	"sort"
+	"strconv"
+	"sync"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
+	awssqs "github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/semantics"
+)
+
+// publishInflight is how many batch requests one destination has in flight
+// at once (1 for FIFO destinations, to keep their order).
+const publishInflight = 8
+
+// batchIDs are the entry IDs of a batch request: the entry's index.
+var batchIDs = func() (ids [maxBatchEntries]string) {
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
+	return ids
+}()
+
+// NewPublisher returns a publisher. It sends through SendMessageBatch (or
+// SNS PublishBatch in fan-out mode), gathering the messages of concurrent
+// Publish calls to the same topic into batches of up to 10 entries and
+// 256 KiB.
+func (b *Broker) NewPublisher(ctx context.Context) (broker.Publisher, error) {
+	if err := b.checkOpen("sqs: new publisher"); err != nil {
+		return nil, err
+	}
+	return &Publisher{b: b}, nil
+}
+
+// Publisher sends to SQS queues, or SNS topics in fan-out mode. It is safe
+// for concurrent use.
+type Publisher struct {
+	b      *Broker
+	mu     sync.Mutex
+	closed bool
+	active sync.WaitGroup
+}
+
+// Publish sends msgs to topic (a queue name or URL; in fan-out mode an SNS
+// topic name or ARN) and returns once SQS (or SNS) has accepted every one,
+// or with a *broker.PublishError naming the entries it refused. A message
+// over the size limit — body plus attributes as SQS counts them, with a
+// binary payload's base64 encoding — fails the call before any request.
+// A missing queue or topic is created unless the broker was opened with
+// create=false.
+func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*broker.Message) error {
+	const op = "sqs: publish"
+	if !p.enter() {
+		return broker.WrapError(semantics.Closed, op, broker.ErrClosed)
+	}
+	defer p.active.Done()
+	if topic == "" {
+		return broker.Errorf(semantics.InvalidArgument, op, "topic is empty")
+	}
+	max := p.b.opts.MaxMessageSize
+	if err := broker.Prepare(op, msgs, max); err != nil {
+		return err
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	fifo := p.b.fifo(topic)
+	encs := make([]encoded, len(msgs))
+	for i, m := range msgs {
+		encs[i] = encode(m, fifo)
+		if encs[i].size > max {
+			return &broker.Error{Kind: semantics.InvalidArgument, Op: op, Err: &broker.TooLargeError{ID: m.ID, Size: encs[i].size, Max: max}}
+		}
+	}
+	snd, err := p.b.sender(ctx, topic)
+	if err != nil {
+		return err
+	}
+	c := &call{remaining: len(msgs), done: make(chan struct{})}
+	jobs := make([]*job[*encoded], len(msgs))
+	for i := range msgs {
+		jobs[i] = &job[*encoded]{ctx: ctx, v: &encs[i], size: encs[i].size, finish: c.finisher(i, msgs[i].ID)}
+	}
+	snd.submit(jobs...)
+	select {
+	case <-c.done:
+		return c.result()
+	case <-ctx.Done():
+		return broker.WrapError(semantics.Transient, op, ctx.Err())
+	}
+}
+
+// Close waits for Publish calls in progress (no longer than ctx) and makes
+// later ones fail with ErrClosed. Nothing is buffered beyond them.
+func (p *Publisher) Close(ctx context.Context) error {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	done := make(chan struct{})
+	go func() { p.active.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return broker.WrapError(semantics.Transient, "sqs: close publisher", ctx.Err())
+	}
+}
+
+func (p *Publisher) enter() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.active.Add(1)
+	return true
+}
+
+// call collects the per-message results of one Publish.
+type call struct {
+	mu        sync.Mutex
+	remaining int
+	failed    []broker.PublishFailure
+	done      chan struct{}
+}
+
+func (c *call) finisher(index int, id string) func(error) {
+	return func(err error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if err != nil {
+			c.failed = append(c.failed, broker.PublishFailure{Index: index, ID: id, Err: err})
+		}
+		c.remaining--
+		if c.remaining == 0 {
+			close(c.done)
+		}
+	}
+}
+
+func (c *call) result() error {
+	if len(c.failed) == 0 {
+		return nil
+	}
+	sort.Slice(c.failed, func(i, j int) bool { return c.failed[i].Index < c.failed[j].Index })
+	return &broker.PublishError{Failed: c.failed}
+}
+
+// sender returns the batcher for topic, resolving (and creating) its queue
+// or SNS topic the first time.
+func (b *Broker) sender(ctx context.Context, topic string) (*batcher[*encoded], error) {
+	b.mu.Lock()
+	s := b.senders[topic]
+	b.mu.Unlock()
+	if s != nil {
+		return s, nil
+	}
+	inflight := publishInflight
+	if b.fifo(topic) {
+		inflight = 1 // one request at a time keeps a FIFO topic's order
+	}
+	batchBytes := max(maxBatchBytes, b.opts.MaxMessageSize)
+	if b.sns != nil {
+		name := TopicName(topic, b.opts.FIFO)
+		arn, err := b.topicARN(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		s = newBatcher(inflight, batchBytes, b.opts.RequestTimeout, b.publishSNS(topic, name, arn))
+	} else {
+		name := QueueName(topic, b.opts.FIFO)
+		u, _, err := b.ensureQueue(ctx, name, 0)
+		if err != nil {
+			return nil, err
+		}
+		s = newBatcher(inflight, batchBytes, b.opts.RequestTimeout, b.sendSQS(topic, name, u))
+	}
+	b.mu.Lock()
+	if existing := b.senders[topic]; existing != nil {
+		s = existing
+	} else {
+		b.senders[topic] = s
+	}
+	b.mu.Unlock()
+	return s, nil
+}
+
+// dropSender forgets topic's batcher and names after its queue or topic
+// was found missing, so that the next Publish resolves it again.
+func (b *Broker) dropSender(topic, name string) {
+	b.mu.Lock()
+	delete(b.senders, topic)
+	b.mu.Unlock()
+	b.forget(name)
+}
+
+func (b *Broker) sendSQS(topic, name, queueURL string) func(context.Context, []*job[*encoded]) {
+	const op = "sqs: publish"
+	return func(ctx context.Context, batch []*job[*encoded]) {
+		entries := make([]types.SendMessageBatchRequestEntry, len(batch))
+		for i, j := range batch {
+			e := j.v
+			entries[i] = types.SendMessageBatchRequestEntry{Id: &batchIDs[i], MessageBody: &e.body, MessageAttributes: e.attrs}
+			if e.group != "" {
+				entries[i].MessageGroupId = &e.group
+				entries[i].MessageDeduplicationId = &e.dedup
+			}
+		}
+		out, err := b.client.SendMessageBatch(ctx, &awssqs.SendMessageBatchInput{QueueUrl: &queueURL, Entries: entries})
+		if err != nil {
+			if kindOf(err) == semantics.NotFound {
+				b.dropSender(topic, name)
+			}
+			finishAll(batch, wrap(op, err))
+			return
+		}
+		results := make([]entryResult, 0, len(batch))
+		for _, s := range out.Successful {
+			results = append(results, entryResult{id: aws.ToString(s.Id)})
+		}
+		for _, f := range out.Failed {
+			results = append(results, entryResult{id: aws.ToString(f.Id), err: entryError(op, aws.ToString(f.Code), aws.ToString(f.Message), f.SenderFault)})
+		}
+		finishBatch(op, batch, results)
+	}
+}
+
+func (b *Broker) publishSNS(topic, name, topicARN string) func(context.Context, []*job[*encoded]) {
+	const op = "sqs: publish to SNS"
+	return func(ctx context.Context, batch []*job[*encoded]) {
+		entries := make([]snstypes.PublishBatchRequestEntry, len(batch))
+		for i, j := range batch {
+			e := j.v
+			attrs := make(map[string]snstypes.MessageAttributeValue, len(e.attrs))
+			for k, v := range e.attrs {
+				attrs[k] = snstypes.MessageAttributeValue{DataType: v.DataType, StringValue: v.StringValue, BinaryValue: v.BinaryValue}
+			}
+			entries[i] = snstypes.PublishBatchRequestEntry{Id: &batchIDs[i], Message: &e.body, MessageAttributes: attrs}
+			if e.group != "" {
+				entries[i].MessageGroupId = &e.group
+				entries[i].MessageDeduplicationId = &e.dedup
+			}
+		}
+		out, err := b.sns.PublishBatch(ctx, &sns.PublishBatchInput{TopicArn: &topicARN, PublishBatchRequestEntries: entries})
+		if err != nil {
+			if kindOf(err) == semantics.NotFound {
+				b.dropSender(topic, name)
+			}
+			finishAll(batch, wrap(op, err))
+			return
+		}
+		results := make([]entryResult, 0, len(batch))
+		for _, s := range out.Successful {
+			results = append(results, entryResult{id: aws.ToString(s.Id)})
+		}
+		for _, f := range out.Failed {
+			results = append(results, entryResult{id: aws.ToString(f.Id), err: entryError(op, aws.ToString(f.Code), aws.ToString(f.Message), f.SenderFault)})
+		}
+		finishBatch(op, batch, results)
+	}
+}
+
+// entryResult is the outcome of one entry of a batch response.
+type entryResult struct {
+	id  string // the entry's index, as sent
+	err error
+}
+
+// finishBatch finishes every job of batch with its entry's result; a job
+// that the response does not mention fails.
+func finishBatch[T any](op string, batch []*job[T], results []entryResult) {
+	var done [maxBatchEntries]bool
+	for _, r := range results {
+		i, err := strconv.Atoi(r.id)
+		if err != nil || i < 0 || i >= len(batch) || done[i] {
+			continue
+		}
+		done[i] = true
+		batch[i].finish(r.err)
+	}
+	for i, j := range batch {
+		if !done[i] {
+			j.finish(broker.Errorf(semantics.Transient, op, "the batch response has no result for this entry"))
+		}
+	}
+}
+
+func finishAll[T any](batch []*job[T], err error) {
+	for _, j := range batch {
+		j.finish(err)
+	}
+}

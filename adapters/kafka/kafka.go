@@ -1,0 +1,348 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/semantics"
+)
+
+// Scheme is the URL scheme this package registers: kafka://host:port/.
+const Scheme = "kafka"
+
+// Defaults of Options.
+const (
+	DefaultPartitions      = 3
+	DefaultMaxMessageBytes = 1000000
+	DefaultCommitInterval  = time.Second
+	DefaultDrainTimeout    = 10 * time.Second
+	DefaultPrefetch        = 1024
+	DefaultDialTimeout     = 10 * time.Second
+)
+
+// StartOffset is where a consumer group with no committed offset starts.
+type StartOffset int
+
+const (
+	// Earliest starts at the oldest retained record (Kafka's
+	// auto.offset.reset=earliest), so nothing published before the group
+	// first joined is missed. The default.
+	Earliest StartOffset = iota
+	// Latest starts at the end of each partition.
+	Latest
+)
+
+// NackStrategy is how Nack(delay) brings a message back. Kafka has no
+// per-message nack; see the package documentation for the trade-off.
+type NackStrategy int
+
+const (
+	// NackPause keeps the message's partition in order: the partition is
+	// paused, the nacked record and every later one of that partition wait
+	// in memory until the delay has passed, then they are delivered again
+	// in offset order. Offsets are never committed past the nacked record,
+	// so a crash redelivers it. A long delay holds up its whole partition.
+	// The attempt count lives in memory and restarts after a rebalance or
+	// crash. The default.
+	NackPause NackStrategy = iota
+	// NackRetryTopic republishes the nacked message to a retry topic of the
+	// group (RetryTopic) with the attempt count and the time it is due in
+	// headers, and acknowledges the original: the partition keeps flowing,
+	// but a retried message loses its place in the key's order. The attempt
+	// count survives crashes and rebalances.
+	NackRetryTopic
+)
+
+// Options configure a Broker. Brokers (or Client) is required; every other
+// zero value means the documented default.
+type Options struct {
+	// Brokers are the seed brokers, host:port.
+	Brokers []string
+	// Client, when set, publishes and runs admin requests; the Broker does
+	// not close it. Subscribers create their own clients (a Kafka client
+	// belongs to at most one group) from Client.Opts() plus ClientOptions.
+	Client *kgo.Client
+	// ClientOptions are applied after the adapter's own defaults to every
+	// client the Broker creates: TLS, SASL, client ID, logging, hooks.
+	ClientOptions []kgo.Opt
+
+	// Partitions of the topics the adapter creates; default 3.
+	Partitions int
+	// ReplicationFactor of the topics the adapter creates; default -1, the
+	// broker's default.
+	ReplicationFactor int
+	// TopicConfigs are set on the topics the adapter creates (for example
+	// "retention.ms").
+	TopicConfigs map[string]string
+	// ManualTopics stops the adapter from creating topics: publishing to or
+	// subscribing to a missing topic then fails (NotFound).
+	ManualTopics bool
+
+	// Group is the consumer group of subscribers whose
+	// SubscriberOptions.Group is empty; default "default".
+	Group string
+	// StartOffset of a group that has no committed offset; default
+	// Earliest.
+	StartOffset StartOffset
+	// Nack strategy; default NackPause.
+	Nack NackStrategy
+	// RetryTopic names the retry topic of topic and group under
+	// NackRetryTopic; default topic + "." + group + ".retry".
+	RetryTopic func(topic, group string) string
+	// CommitInterval is how often acknowledged offsets are committed;
+	// default 1s. A crash redelivers what was acknowledged since.
+	CommitInterval time.Duration
+	// CommitOnAck makes every Ack return only once an offset commit covers
+	// the message (concurrent acks share one commit). Use it for
+	// at-most-once, where Consume acks before handling: without it a crash
+	// after the ack but before the next commit redelivers the message.
+	CommitOnAck bool
+	// ReadUncommitted also delivers records of transactions that are still
+	// open or were aborted; default false (read_committed).
+	ReadUncommitted bool
+	// DrainTimeout is how long a rebalance waits for the in-flight
+	// deliveries of a revoked partition to be settled before giving them
+	// up un-committed; default 10s. Keep it below the rebalance timeout.
+	DrainTimeout time.Duration
+	// Prefetch bounds the deliveries a subscriber holds unsettled when
+	// SubscriberOptions.Prefetch is 0; default 1024.
+	Prefetch int
+
+	// MaxMessageBytes is the largest message Publish accepts (payload,
+	// key, ID and headers, see broker.Message.Size); default 1,000,000,
+	// under Kafka's default max.message.bytes.
+	MaxMessageBytes int
+	// Linger is how long the producer waits to fill a batch; default 0:
+	// Publish waits for the broker anyway, and batches form while earlier
+	// requests are in flight.
+	Linger time.Duration
+	// Compression of produced batches; default kgo's: snappy, or none
+	// where the broker lacks it.
+	Compression *kgo.CompressionCodec
+	// SessionTimeout of the consumer group; default kgo's 45s.
+	SessionTimeout time.Duration
+	// DialTimeout bounds connecting at New; default 10s.
+	DialTimeout time.Duration
+}
+
+func (o Options) withDefaults() Options {
+	if o.Partitions <= 0 {
+		o.Partitions = DefaultPartitions
+	}
+	if o.ReplicationFactor == 0 {
+		o.ReplicationFactor = -1
+	}
+	if o.Group == "" {
+		o.Group = "default"
+	}
+	if o.RetryTopic == nil {
+		o.RetryTopic = func(topic, group string) string { return topic + "." + group + ".retry" }
+	}
+	if o.CommitInterval <= 0 {
+		o.CommitInterval = DefaultCommitInterval
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = DefaultDrainTimeout
+	}
+	if o.Prefetch <= 0 {
+		o.Prefetch = DefaultPrefetch
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	return o
+}
+
+// Broker is a connection to a Kafka cluster. It implements broker.Broker
+// and adds Kafka's own operations: topic admin, consumer lag, partition
+// balance and exactly-once processing.
+type Broker struct {
+	opts      Options
+	cl        *kgo.Client // publishes and runs admin requests
+	ownClient bool
+	adm       *kadm.Client
+	seedOpts  []kgo.Opt // seeds (or the given client's options): the base of new clients
+
+	created sync.Map // topic -> struct{}: topics known to exist
+	closed  atomic.Bool
+}
+
+var _ broker.Broker = (*Broker)(nil)
+
+// New connects to the cluster that opts describe and checks that a broker
+// answers within opts.DialTimeout (or ctx's deadline, if sooner).
+func New(ctx context.Context, opts Options) (*Broker, error) {
+	const op = "kafka: open"
+	opts = opts.withDefaults()
+	if opts.Client == nil && len(opts.Brokers) == 0 {
+		return nil, broker.Errorf(semantics.InvalidArgument, op, "Options.Brokers (or Options.Client) is required")
+	}
+	if opts.Partitions > 1<<20 || opts.ReplicationFactor > 1<<14 || opts.ReplicationFactor < -1 {
+		return nil, broker.Errorf(semantics.InvalidArgument, op, "partitions %d or replication factor %d out of range", opts.Partitions, opts.ReplicationFactor)
+	}
+	b := &Broker{opts: opts}
+	if opts.Client != nil {
+		b.seedOpts = opts.Client.Opts()
+		b.cl = opts.Client
+	} else {
+		b.seedOpts = []kgo.Opt{kgo.SeedBrokers(opts.Brokers...), kgo.DialTimeout(opts.DialTimeout)}
+		cl, err := kgo.NewClient(b.producerOpts()...)
+		if err != nil {
+			return nil, broker.Errorf(semantics.InvalidArgument, op, "%w", err)
+		}
+		b.cl, b.ownClient = cl, true
+	}
+	b.adm = kadm.NewClient(b.cl)
+
+	pctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
+	defer cancel()
+	if err := b.cl.Ping(pctx); err != nil {
+		if b.ownClient {
+			b.cl.Close()
+		}
+		return nil, broker.Errorf(semantics.Transient, op, "no Kafka broker answered at %v within %v: %w", opts.Brokers, opts.DialTimeout, err)
+	}
+	return b, nil
+}
+
+// producerOpts are the options of the publishing client: seeds, the
+// adapter's producer defaults, then Options.ClientOptions (so they win).
+func (b *Broker) producerOpts() []kgo.Opt {
+	opts := append(append([]kgo.Opt(nil), b.seedOpts...), b.producerDefaults()...)
+	return append(opts, b.opts.ClientOptions...)
+}
+
+// producerDefaults are the adapter's producer settings.
+func (b *Broker) producerDefaults() []kgo.Opt {
+	o := b.opts
+	opts := []kgo.Opt{
+		kgo.ProducerLinger(o.Linger),
+		kgo.ProducerBatchMaxBytes(int32(max(o.MaxMessageBytes+64<<10, 1000012))),
+	}
+	if o.Compression != nil {
+		opts = append(opts, kgo.ProducerBatchCompression(*o.Compression))
+	}
+	return opts
+}
+
+// Client returns the franz-go client the Broker publishes with: the escape
+// hatch to everything kgo offers.
+func (b *Broker) Client() *kgo.Client { return b.cl }
+
+// Admin returns a kadm client over Client.
+func (b *Broker) Admin() *kadm.Client { return b.adm }
+
+// Capabilities reports what the Kafka adapter guarantees: consumer groups,
+// fan-out across groups, per-partition (so per-key) order, redelivery of
+// what a crashed consumer left un-acknowledged, delayed nack, attempt count,
+// and dead-lettering after MaxAttempts (done by the adapter, not natively).
+func (b *Broker) Capabilities() semantics.Capabilities {
+	return semantics.Capabilities{
+		ConsumerGroups:  true,
+		FanOut:          true,
+		PerKeyOrdering:  true,
+		CrashRedelivery: true,
+		DelayedNack:     true,
+		AttemptCount:    true,
+		DeadLetter:      true,
+		MaxMessageSize:  b.opts.MaxMessageBytes,
+	}
+}
+
+// Close flushes what the publishing client has buffered, waiting no longer
+// than ctx, and closes it unless it was passed in Options.Client.
+// Publishers and subscribers should be closed first.
+func (b *Broker) Close(ctx context.Context) error {
+	if !b.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	var err error
+	if ferr := b.cl.Flush(ctx); ferr != nil {
+		err = broker.WrapError(semantics.Transient, "kafka: close", ferr)
+	}
+	if b.ownClient {
+		b.cl.Close()
+	}
+	return err
+}
+
+// EnsureTopic creates topic with Options.Partitions, ReplicationFactor and
+// TopicConfigs unless it exists (or Options.ManualTopics is set). The
+// adapter calls it before publishing to or subscribing to a topic for the
+// first time.
+func (b *Broker) EnsureTopic(ctx context.Context, topic string) error {
+	if _, ok := b.created.Load(topic); ok {
+		return nil
+	}
+	if b.opts.ManualTopics {
+		return nil
+	}
+	err := b.CreateTopic(ctx, TopicSpec{Name: topic})
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return err
+	}
+	b.created.Store(topic, struct{}{})
+	return nil
+}
+
+// kindOf classifies a franz-go or Kafka error.
+func kindOf(err error) semantics.Kind {
+	var ke *kerr.Error
+	switch {
+	case err == nil:
+		return semantics.Unknown
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return semantics.Transient
+	case errors.Is(err, kgo.ErrClientClosed):
+		return semantics.Closed
+	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge),
+		errors.Is(err, kerr.InvalidTopicException), errors.Is(err, kerr.InvalidRecord),
+		errors.Is(err, kerr.InvalidPartitions), errors.Is(err, kerr.InvalidReplicationFactor),
+		errors.Is(err, kerr.InvalidConfig):
+		return semantics.InvalidArgument
+	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):
+		return semantics.NotFound
+	case errors.Is(err, kerr.TopicAuthorizationFailed), errors.Is(err, kerr.GroupAuthorizationFailed),
+		errors.Is(err, kerr.ClusterAuthorizationFailed), errors.Is(err, kerr.TransactionalIDAuthorizationFailed),
+		errors.Is(err, kerr.SaslAuthenticationFailed), errors.Is(err, kerr.UnsupportedVersion):
+		return semantics.Permanent
+	case errors.As(err, &ke):
+		if ke.Retriable {
+			return semantics.Transient
+		}
+		return semantics.Permanent
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return semantics.Transient
+	}
+	return semantics.Unknown
+}
+
+// wrap returns err as a *broker.Error with the kind kindOf finds.
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if k := broker.KindOf(err); k != semantics.Unknown {
+		return &broker.Error{Kind: k, Op: op, Err: err}
+	}
+	return &broker.Error{Kind: kindOf(err), Op: op, Err: err}
+}
+
+func errf(kind semantics.Kind, op, format string, args ...any) error {
+	return &broker.Error{Kind: kind, Op: op, Err: fmt.Errorf(format, args...)}
+}

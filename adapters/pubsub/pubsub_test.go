@@ -1,0 +1,572 @@
+package pubsub_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	ps "cloud.google.com/go/pubsub/v2"
+	pb "cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"cloud.google.com/go/pubsub/v2/pstest"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	qpubsub "github.com/queuekit/queuekit/adapters/pubsub"
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/internal/testenv"
+	"github.com/queuekit/queuekit/semantics"
+)
+
+var seq atomic.Int64
+
+const pstestMaxMessage = 4<<20 - 4096
+
+// name returns a fresh topic ID for a test.
+func name(prefix string) string {
+	return fmt.Sprintf("qk-%s-%d-%d", prefix, time.Now().UnixNano()%1e9, seq.Add(1))
+}
+
+// brokerURL is the gcppubsub:// URL of the test server with extra params.
+func brokerURL(t testing.TB, params ...string) string {
+	t.Helper()
+	project, emulator := testenv.PubSub(t)
+	// pstest (gRPC's default) takes 4 MiB per request.
+	q := []string{"streams=4", fmt.Sprint("max_message_size=", pstestMaxMessage)}
+	if emulator != "" {
+		q = append(q, "emulator="+emulator)
+	}
+	q = append(q, params...)
+	return "gcppubsub://" + project + "?" + strings.Join(q, "&")
+}
+
+func openBroker(t testing.TB, params ...string) *qpubsub.Broker {
+	t.Helper()
+	b, err := broker.Open(context.Background(), brokerURL(t, params...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	return b.(*qpubsub.Broker)
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newPublisher(t testing.TB, b broker.Broker) broker.Publisher {
+	t.Helper()
+	p, err := b.NewPublisher(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close(context.Background()) })
+	return p
+}
+
+func newSubscriber(t testing.TB, b broker.Broker, opts broker.SubscriberOptions) broker.Subscriber {
+	t.Helper()
+	s, err := b.NewSubscriber(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	return s
+}
+
+func receive(t testing.TB, ctx context.Context, s broker.Subscriber) broker.Delivery {
+	t.Helper()
+	d, err := s.Receive(ctx)
+	if err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	return d
+}
+
+func TestRoundTrip(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("roundtrip")
+	sub := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic})
+	payload := []byte{0, 1, 2, 0xff, 0xfe, '\n', 0}
+	in := &broker.Message{Key: "order-7", Payload: payload, Headers: map[string]string{"content-type": "application/octet-stream", "empty": ""}}
+	if err := newPublisher(t, b).Publish(ctx, topic, in); err != nil {
+		t.Fatal(err)
+	}
+	if in.ID == "" || in.PublishedAt.IsZero() {
+		t.Fatalf("Publish did not set ID and PublishedAt: %+v", in)
+	}
+	d := receive(t, ctx, sub)
+	got := d.Message()
+	if got.ID != in.ID || got.Key != in.Key || !bytes.Equal(got.Payload, payload) || got.Topic != topic {
+		t.Errorf("got id=%q key=%q payload=%v topic=%q, want %q %q %v %q", got.ID, got.Key, got.Payload, got.Topic, in.ID, in.Key, payload, topic)
+	}
+	if len(got.Headers) != 2 || got.Headers["content-type"] != "application/octet-stream" || got.Header("empty") != "" {
+		t.Errorf("headers = %v, want %v", got.Headers, in.Headers)
+	}
+	if !got.PublishedAt.Equal(in.PublishedAt) {
+		t.Errorf("PublishedAt = %v, want %v", got.PublishedAt, in.PublishedAt)
+	}
+	if got.Attempt != 1 {
+		t.Errorf("Attempt = %d, want 1", got.Attempt)
+	}
+	if err := d.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Ack(ctx); err != nil {
+		t.Errorf("second Ack = %v, want nil", err)
+	}
+	if err := d.Nack(ctx, 0); !errors.Is(err, broker.ErrAlreadySettled) {
+		t.Errorf("Nack after Ack = %v, want ErrAlreadySettled", err)
+	}
+}
+
+func TestKeyWithoutOrdering(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t, "ordering=false")
+	if b.Capabilities().PerKeyOrdering {
+		t.Error("PerKeyOrdering claimed with ordering=false")
+	}
+	topic := name("noorder")
+	sub := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic})
+	if err := newPublisher(t, b).Publish(ctx, topic, &broker.Message{Key: "k1", Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	d := receive(t, ctx, sub)
+	if d.Message().Key != "k1" || d.Message().Headers != nil {
+		t.Errorf("key %q headers %v, want k1 and none", d.Message().Key, d.Message().Headers)
+	}
+	_ = d.Ack(ctx)
+}
+
+func TestOpenErrors(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct{ url, want string }{
+		{"gcppubsub://p?bogus=1&streams=2", "unknown URL parameter(s) bogus (valid: ack_deadline, batch_bytes"},
+		{"gcppubsub://p?streams=two", `streams="two" is not an integer`},
+		{"gcppubsub://p?ordering=maybe", `ordering="maybe" is not a boolean`},
+		{"gcppubsub://p?ack_deadline=5s", "Pub/Sub accepts 10s to 600s"},
+		{"gcppubsub://p?streams=-1", "must not be negative"},
+		{"gcppubsub://p?max_message_size=10000000", "MaxMessageSize 10000000 is outside 0..9995904"},
+		{"gcppubsub:///p", "the project ID is the host part"},
+		{"gcppubsub://p/extra", "the project ID is the host part"},
+	} {
+		_, err := broker.Open(ctx, tc.url)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("Open(%s) = %v, want an invalid-argument error containing %q", tc.url, err, tc.want)
+		}
+	}
+}
+
+func TestOpenUnreachable(t *testing.T) {
+	start := time.Now()
+	_, err := broker.Open(context.Background(), "gcppubsub://p?emulator=127.0.0.1:1&dial_timeout=500ms")
+	if err == nil || !strings.Contains(err.Error(), "cannot reach the Pub/Sub emulator at 127.0.0.1:1 within 500ms") {
+		t.Fatalf("Open = %v, want a cannot-reach error", err)
+	}
+	if broker.KindOf(err) != semantics.Transient {
+		t.Errorf("kind = %v, want transient", broker.KindOf(err))
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Open took %v against a closed port", d)
+	}
+}
+
+func TestTooLargeAndBadHeadersRefusedBeforeAnyRequest(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	p := newPublisher(t, b)
+	topic := name("limits")
+	ok := &broker.Message{Payload: []byte("fine")}
+	for _, tc := range []struct {
+		msg  *broker.Message
+		want string
+	}{
+		{&broker.Message{Payload: make([]byte, pstestMaxMessage+1)}, "over the limit"},
+		{&broker.Message{Headers: map[string]string{"h": strings.Repeat("v", 1025)}}, "value is 1025 bytes"},
+		{&broker.Message{Headers: map[string]string{"googthing": "v"}}, `starts with "goog"`},
+		{&broker.Message{Key: strings.Repeat("k", 1025)}, "key is 1025 bytes"},
+		{&broker.Message{Headers: manyHeaders(99)}, "has 99 headers"},
+	} {
+		err := p.Publish(ctx, topic, ok, tc.msg)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("Publish = %v, want an invalid-argument error containing %q", err, tc.want)
+		}
+	}
+	err := p.Publish(ctx, topic, &broker.Message{Payload: make([]byte, pstestMaxMessage+1)})
+	var tl *broker.TooLargeError
+	if !errors.Is(err, broker.ErrTooLarge) || !errors.As(err, &tl) || tl.Max != pstestMaxMessage || b.Capabilities().MaxMessageSize != pstestMaxMessage {
+		t.Errorf("oversize Publish = %v, want a *TooLargeError", err)
+	}
+	// Nothing was sent: not even the topic was created.
+	_, err = b.Client().TopicAdminClient.GetTopic(ctx, &pb.GetTopicRequest{Topic: "projects/" + b.Client().Project() + "/topics/" + topic})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("GetTopic after refused publishes = %v, want NotFound", err)
+	}
+}
+
+func manyHeaders(n int) map[string]string {
+	h := make(map[string]string, n)
+	for i := range n {
+		h[fmt.Sprint("h", i)] = "v"
+	}
+	return h
+}
+
+func TestLargestMessageIsAccepted(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("largest")
+	sub := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic})
+	m := &broker.Message{ID: strings.Repeat("i", 36), Key: "k", Headers: map[string]string{"a": "b"}}
+	m.Payload = make([]byte, b.Capabilities().MaxMessageSize-m.Size())
+	if err := newPublisher(t, b).Publish(ctx, topic, m); err != nil {
+		t.Fatalf("publishing a message of exactly MaxMessageSize: %v", err)
+	}
+	d := receive(t, ctx, sub)
+	if len(d.Message().Payload) != len(m.Payload) {
+		t.Errorf("payload %d bytes, want %d", len(d.Message().Payload), len(m.Payload))
+	}
+	_ = d.Ack(ctx)
+}
+
+// failingPublish makes pstest refuse Publish requests while on is set.
+type failingPublish struct{ on atomic.Bool }
+
+func (f *failingPublish) React(any) (bool, any, error) {
+	if f.on.Load() {
+		return true, nil, status.Error(codes.PermissionDenied, "injected failure")
+	}
+	return false, nil, nil
+}
+
+func TestPublishResumesOrderingKeyAfterError(t *testing.T) {
+	ctx := testCtx(t)
+	fail := &failingPublish{}
+	srv := pstest.NewServerWithAddress("127.0.0.1:0", pstest.ServerReactorOption{FuncName: "Publish", Reactor: fail})
+	t.Cleanup(func() { _ = srv.Close() })
+	b, err := broker.Open(ctx, "gcppubsub://p?emulator="+srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close(ctx) })
+	p := newPublisher(t, b)
+	topic := name("resume")
+	if err := p.Publish(ctx, topic, &broker.Message{Key: "k"}); err != nil { // creates the topic
+		t.Fatal(err)
+	}
+	fail.on.Store(true)
+	msgs := []*broker.Message{{Key: "k"}, {Key: "k"}, {Key: "k"}}
+	err = p.Publish(ctx, topic, msgs...)
+	var pe *broker.PublishError
+	if !errors.As(err, &pe) || len(pe.Failed) != 3 {
+		t.Fatalf("Publish during failure = %v, want a PublishError for all 3 messages", err)
+	}
+	for i, f := range pe.Failed {
+		if f.Index != i || f.ID != msgs[i].ID {
+			t.Errorf("failure %d = %+v", i, f)
+		}
+	}
+	fail.on.Store(false)
+	if err := p.Publish(ctx, topic, &broker.Message{Key: "k"}); err != nil {
+		t.Fatalf("Publish after the failure cleared = %v; the ordering key was not resumed", err)
+	}
+}
+
+func TestOrderingPerKey(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("order")
+	sub := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic, Ordering: semantics.PerKey})
+	p := newPublisher(t, b)
+	const keys, per = 3, 15
+	var msgs []*broker.Message
+	for i := range per {
+		for k := range keys {
+			msgs = append(msgs, &broker.Message{Key: fmt.Sprint("key", k), Payload: []byte(fmt.Sprint(i))})
+		}
+	}
+	if err := p.Publish(ctx, topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	next := map[string]int{}
+	for range keys * per {
+		d := receive(t, ctx, sub)
+		m := d.Message()
+		if want := fmt.Sprint(next[m.Key]); string(m.Payload) != want {
+			t.Fatalf("key %s: got message %s, want %s", m.Key, m.Payload, want)
+		}
+		next[m.Key]++
+		if err := d.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestNackDelayAndAttempts(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("nack")
+	sub := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic})
+	if err := newPublisher(t, b).Publish(ctx, topic, &broker.Message{Payload: []byte("again")}); err != nil {
+		t.Fatal(err)
+	}
+	d := receive(t, ctx, sub)
+	if d.Message().Attempt != 1 {
+		t.Errorf("first Attempt = %d", d.Message().Attempt)
+	}
+	if err := d.Nack(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	d = receive(t, ctx, sub)
+	if d.Message().Attempt != 2 {
+		t.Errorf("second Attempt = %d, want 2", d.Message().Attempt)
+	}
+	const delay = 1500 * time.Millisecond
+	nacked := time.Now()
+	if err := d.Nack(ctx, delay); err != nil {
+		t.Fatal(err)
+	}
+	d = receive(t, ctx, sub)
+	if waited := time.Since(nacked); waited < delay {
+		t.Errorf("redelivered after %v, want no sooner than %v", waited, delay)
+	}
+	if d.Message().Attempt != 3 {
+		t.Errorf("third Attempt = %d, want 3", d.Message().Attempt)
+	}
+	_ = d.Ack(ctx)
+}
+
+func TestCloseGivesBackUnsettled(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("close")
+	opts := broker.SubscriberOptions{Topic: topic, Group: "g", AckTimeout: 60 * time.Second}
+	first, err := b.NewSubscriber(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := newPublisher(t, b).Publish(ctx, topic, &broker.Message{Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	held := receive(t, ctx, first)
+	if err := first.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := held.Ack(ctx); broker.KindOf(err) != semantics.Closed {
+		t.Errorf("Ack after Close = %v, want a closed error", err)
+	}
+	if _, err := first.Receive(ctx); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("Receive after Close = %v, want ErrClosed", err)
+	}
+	// Redelivered at once, well before the 60 s ack deadline.
+	second := newSubscriber(t, b, opts)
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	d := receive(t, rctx, second)
+	if d.Message().ID != held.Message().ID {
+		t.Errorf("got %s, want the unsettled %s", d.Message().ID, held.Message().ID)
+	}
+	_ = d.Ack(ctx)
+}
+
+func TestPrefetchIsBackpressure(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("prefetch")
+	sub := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic, Prefetch: 2})
+	var msgs []*broker.Message
+	for range 4 {
+		msgs = append(msgs, &broker.Message{Payload: []byte("x")})
+	}
+	if err := newPublisher(t, b).Publish(ctx, topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	a, c := receive(t, ctx, sub), receive(t, ctx, sub)
+	short, cancel := context.WithTimeout(ctx, 700*time.Millisecond)
+	defer cancel()
+	if d, err := sub.Receive(short); err == nil {
+		t.Fatalf("a third delivery (%s) arrived while 2 = Prefetch were unsettled", d.Message().ID)
+	}
+	_ = a.Ack(ctx)
+	d := receive(t, ctx, sub) // the slot is free again
+	for _, x := range []broker.Delivery{c, d} {
+		_ = x.Ack(ctx)
+	}
+}
+
+func TestReceiveBatch(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("batch")
+	sub := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic})
+	var msgs []*broker.Message
+	for range 20 {
+		msgs = append(msgs, &broker.Message{Payload: []byte("x")})
+	}
+	if err := newPublisher(t, b).Publish(ctx, topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	br := sub.(broker.BatchReceiver)
+	seen := map[string]bool{}
+	buf := make([]broker.Delivery, 8)
+	for len(seen) < len(msgs) {
+		n, err := br.ReceiveBatch(ctx, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n < 1 || n > len(buf) {
+			t.Fatalf("ReceiveBatch = %d", n)
+		}
+		for _, d := range buf[:n] {
+			seen[d.Message().ID] = true
+			_ = d.Ack(ctx)
+		}
+	}
+}
+
+func TestDeadLetterPolicy(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("dlq")
+	opts := broker.SubscriberOptions{Topic: topic, Group: "g", MaxAttempts: 2}
+	sub := newSubscriber(t, b, opts)
+	in := &broker.Message{Payload: []byte("poison"), Headers: map[string]string{"h": "v"}}
+	if err := newPublisher(t, b).Publish(ctx, topic, in); err != nil {
+		t.Fatal(err)
+	}
+	for attempt := 1; attempt <= 2; attempt++ {
+		d := receive(t, ctx, sub)
+		if d.Message().Attempt != attempt {
+			t.Errorf("Attempt = %d, want %d (DeliveryAttempt)", d.Message().Attempt, attempt)
+		}
+		_ = d.Nack(ctx, 0)
+	}
+	// The adapter created <topic>.dlq and its subscription for group g.
+	dead := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic + ".dlq", Group: "g"})
+	d := receive(t, ctx, dead)
+	if d.Message().ID != in.ID || string(d.Message().Payload) != "poison" || d.Message().Header("h") != "v" {
+		t.Errorf("dead letter = %+v, want the poison message", d.Message())
+	}
+	_ = d.Ack(ctx)
+	sp, err := b.Client().SubscriptionAdminClient.GetSubscription(ctx, &pb.GetSubscriptionRequest{
+		Subscription: "projects/" + b.Client().Project() + "/subscriptions/" + qpubsub.DefaultSubscriptionName(topic, "g")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := sp.DeadLetterPolicy; p == nil || p.MaxDeliveryAttempts != 2 || !strings.HasSuffix(p.DeadLetterTopic, "/topics/"+topic+".dlq") {
+		t.Errorf("dead letter policy = %v", p)
+	}
+}
+
+func TestExactlyOnce(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t, "exactly_once=true")
+	topic := name("eod")
+	sub := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic})
+	if err := newPublisher(t, b).Publish(ctx, topic, &broker.Message{Payload: []byte("once")}); err != nil {
+		t.Fatal(err)
+	}
+	d := receive(t, ctx, sub)
+	if err := d.Ack(ctx); err != nil {
+		t.Fatalf("confirmed Ack: %v", err)
+	}
+	sp, err := b.Client().SubscriptionAdminClient.GetSubscription(ctx, &pb.GetSubscriptionRequest{
+		Subscription: "projects/" + b.Client().Project() + "/subscriptions/" + qpubsub.DefaultSubscriptionName(topic, "default")})
+	if err != nil || !sp.EnableExactlyOnceDelivery {
+		t.Errorf("subscription = %v, %v; want exactly-once delivery enabled", sp, err)
+	}
+}
+
+func TestExistingSubscriptions(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	a, other := name("exist-a"), name("exist-b")
+	if _, err := b.EnsureSubscription(ctx, qpubsub.SubscriptionConfig{Name: a + "-sub", Topic: a}); err != nil {
+		t.Fatal(err)
+	}
+	fixed := openBroker(t, "subscription="+a+"-sub")
+	_, err := fixed.NewSubscriber(ctx, broker.SubscriberOptions{Topic: other})
+	if err == nil || broker.KindOf(err) != semantics.InvalidArgument || !strings.Contains(err.Error(), "exists but subscribes to") {
+		t.Errorf("subscribing %s through %s-sub = %v, want a topic mismatch error", other, a, err)
+	}
+	if s, err := fixed.NewSubscriber(ctx, broker.SubscriberOptions{Topic: a, Group: "whatever"}); err != nil {
+		t.Errorf("subscribing through the fixed subscription: %v", err)
+	} else {
+		_ = s.Close(ctx)
+	}
+	noCreate := openBroker(t, "create=false")
+	_, err = noCreate.NewSubscriber(ctx, broker.SubscriberOptions{Topic: name("missing")})
+	if broker.KindOf(err) != semantics.NotFound {
+		t.Errorf("create=false on a missing subscription = %v, want not found", err)
+	}
+}
+
+func TestForeignMessage(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("foreign")
+	sub := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic})
+	project, emulator := testenv.PubSub(t)
+	var copts []option.ClientOption
+	if emulator != "" {
+		copts = append(copts, option.WithEndpoint(emulator), option.WithoutAuthentication(),
+			option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	}
+	c, err := ps.NewClient(ctx, project, copts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pub := c.Publisher(topic)
+	defer pub.Stop()
+	id, err := pub.Publish(ctx, &ps.Message{Data: []byte("raw"), Attributes: map[string]string{"x": "y"}}).Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := receive(t, ctx, sub)
+	m := d.Message()
+	if m.ID != id || m.PublishedAt.IsZero() || m.Header("x") != "y" || len(m.Headers) != 1 {
+		t.Errorf("foreign message = %+v; want ID %s, a publish time and header x", m, id)
+	}
+	_ = d.Ack(ctx)
+}
+
+func TestClosed(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	p, _ := b.NewPublisher(ctx)
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Publish(ctx, name("closed"), &broker.Message{}); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("Publish after Close = %v, want ErrClosed", err)
+	}
+	if err := b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.NewPublisher(ctx); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("NewPublisher after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	if _, err := qpubsub.New(nil, qpubsub.Options{}); broker.KindOf(err) != semantics.InvalidArgument {
+		t.Errorf("New(nil) = %v", err)
+	}
+	if got := qpubsub.DefaultSubscriptionName("projects/p/topics/orders", "billing"); got != "orders-billing" {
+		t.Errorf("DefaultSubscriptionName = %q", got)
+	}
+	if got := qpubsub.DefaultSubscriptionName(strings.Repeat("t", 300), "g"); len(got) != 255 {
+		t.Errorf("long name is %d characters, want 255", len(got))
+	}
+}

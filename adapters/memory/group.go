@@ -245,7 +245,7 @@ func (g *group) removeLocked(e *entry) {
 
 func (g *group) ack(d *delivery) error {
 	g.mu.Lock()
-	if !d.inflight {
+	if g.closed || !d.inflight {
 		closed := g.closed
 		g.mu.Unlock()
 		if closed {
@@ -262,6 +262,10 @@ func (g *group) ack(d *delivery) error {
 
 func (g *group) nack(d *delivery, delay time.Duration) error {
 	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return broker.ErrClosed
+	}
 	if !d.inflight {
 		g.mu.Unlock()
 		return nil

@@ -76,6 +76,7 @@
 //	passive             true: verify the exchange and queues exist instead of declaring them
 //	mandatory           false: let RabbitMQ drop unroutable messages instead of failing Publish (default true)
 //	max_message_size    largest message Publish accepts, in bytes (default 134217728)
+//	connection_name     connection name shown by the management UI (default "queuekit")
 //	heartbeat           AMQP heartbeat interval (default 10s; 0 uses the server's)
 //	connect_timeout     bound on each dial and handshake (default 10s)
 //	reconnect_max_wait  cap of the reconnection backoff (default 5s)

@@ -71,6 +71,10 @@ type Options struct {
 	ReconnectMaxWait time.Duration
 	// QueueName names the queue of a group; default topic + "." + group.
 	QueueName func(topic, group string) string
+	// ConnectionName names the connections in RabbitMQ's management UI
+	// and rabbitmqctl list_connections, followed by " publish" or
+	// " consume"; default "queuekit".
+	ConnectionName string
 	// Logger receives connection loss and recovery events; default
 	// slog.Default().
 	Logger *slog.Logger
@@ -103,6 +107,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.QueueName == nil {
 		o.QueueName = func(topic, group string) string { return topic + "." + group }
+	}
+	if o.ConnectionName == "" {
+		o.ConnectionName = "queuekit"
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -181,9 +188,6 @@ func open(ctx context.Context, cfg *config) (*Broker, error) {
 		b.pub.close(true)
 		b.sub.close(true)
 		return nil, &broker.Error{Kind: kindOf(err), Op: "rabbitmq: open " + cfg.redacted, Err: err}
-	}
-	if opts.Redial == nil {
-		b.opts.Redial = cfg.dialer("user")
 	}
 	return b, nil
 }

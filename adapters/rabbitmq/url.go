@@ -20,7 +20,7 @@ import (
 // URL parameters, documented in doc.go.
 var knownParams = []string{
 	"exchange", "exchange_type", "queue_type", "prefetch", "confirm_window", "passive", "mandatory",
-	"max_message_size", "heartbeat", "connect_timeout", "reconnect_max_wait",
+	"max_message_size", "connection_name", "heartbeat", "connect_timeout", "reconnect_max_wait",
 	"cacertfile", "certfile", "keyfile", "server_name_indication",
 }
 
@@ -56,6 +56,7 @@ func parseParsedURL(u *url.URL, opts Options) (*config, error) {
 	opts.AllowUnroutable = !p.Bool("mandatory", !opts.AllowUnroutable)
 	opts.MaxMessageSize = p.Int("max_message_size", opts.MaxMessageSize)
 	opts.ReconnectMaxWait = p.Duration("reconnect_max_wait", opts.ReconnectMaxWait)
+	opts.ConnectionName = p.String("connection_name", opts.ConnectionName)
 	heartbeat := p.Duration("heartbeat", 10*time.Second)
 	timeout := p.Duration("connect_timeout", 10*time.Second)
 	caFile, certFile, keyFile := p.String("cacertfile", ""), p.String("certfile", ""), p.String("keyfile", "")
@@ -126,7 +127,11 @@ func (c *config) dialer(role string) func(ctx context.Context) (*amqp.Connection
 		if cfg.TLSClientConfig != nil {
 			cfg.TLSClientConfig = cfg.TLSClientConfig.Clone()
 		}
-		cfg.Properties = amqp.Table{"connection_name": "queuekit " + role, "product": "queuekit"}
+		name := c.opts.ConnectionName
+		if name == "" {
+			name = "queuekit"
+		}
+		cfg.Properties = amqp.Table{"connection_name": name + " " + role, "product": "queuekit"}
 		deadline := time.Now().Add(c.timeout)
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 			deadline = d

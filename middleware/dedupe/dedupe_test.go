@@ -73,8 +73,8 @@ type stage struct {
 }
 
 func (s stage) Handle(ctx context.Context, m *broker.Message) error { return s.next.Handle(ctx, m) }
-func (s stage) Stage() string                                        { return s.name }
-func (s stage) Unwrap() broker.Handler                               { return s.next }
+func (s stage) Stage() string                                       { return s.name }
+func (s stage) Unwrap() broker.Handler                              { return s.next }
 
 func TestRefusesToWrapDLQ(t *testing.T) {
 	noop := broker.HandlerFunc(func(context.Context, *broker.Message) error { return nil })

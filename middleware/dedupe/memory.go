@@ -3,6 +3,7 @@ package dedupe
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"sync"
 	"time"
 
@@ -25,22 +26,24 @@ type MemoryOptions struct {
 // concurrent use and allocates nothing per message in steady state.
 type MemoryStore struct {
 	ttl    int64
+	seed   maphash.Seed
 	shards [memShards]memShard
 }
 
 const memShards = 32
 
 type memShard struct {
-	mu   sync.Mutex
-	m    map[string]memEntry
-	ring []string // insertion order, for eviction
-	next int
-	_    [24]byte // keep shards on separate cache lines
+	mu    sync.Mutex
+	m     map[string]int32 // key -> index in slots
+	slots []memSlot        // a ring in insertion order: the oldest is reused first
+	next  int
+	_     [24]byte // keep shards on separate cache lines
 }
 
-type memEntry struct {
+type memSlot struct {
+	key   string
 	until int64 // monotonic ns: lease end while claimed, retention end once done
-	slot  int32 // index in ring, so that a stale slot never evicts a newer entry
+	used  bool
 	done  bool
 }
 
@@ -60,38 +63,31 @@ func NewMemoryStore(opts MemoryOptions) *MemoryStore {
 		opts.TTL = 24 * time.Hour
 	}
 	per := (opts.MaxKeys + memShards - 1) / memShards
-	s := &MemoryStore{ttl: int64(opts.TTL)}
+	s := &MemoryStore{ttl: int64(opts.TTL), seed: maphash.MakeSeed()}
 	for i := range s.shards {
-		s.shards[i].m = make(map[string]memEntry, min(per, 1024))
-		s.shards[i].ring = make([]string, per)
+		s.shards[i].m = make(map[string]int32, min(per, 1024))
+		s.shards[i].slots = make([]memSlot, per)
 	}
 	return s
 }
 
 func (s *MemoryStore) shard(key string) *memShard {
-	h := uint32(2166136261)
-	for i := 0; i < len(key); i++ {
-		h ^= uint32(key[i])
-		h *= 16777619
-	}
-	return &s.shards[h%memShards]
+	return &s.shards[maphash.String(s.seed, key)%memShards]
 }
 
-// add records key in the ring, forgetting the oldest key when full, and
-// returns its slot. The caller holds sh.mu.
-func (sh *memShard) add(key string) int32 {
-	slot := sh.next
-	if old := sh.ring[slot]; old != "" {
-		if e, ok := sh.m[old]; ok && e.slot == int32(slot) {
-			delete(sh.m, old)
-		}
+// add stores key in the next slot of the ring, forgetting the key that held
+// it. The caller holds sh.mu.
+func (sh *memShard) add(key string, until int64, done bool) {
+	i := sh.next
+	if old := &sh.slots[i]; old.used {
+		delete(sh.m, old.key)
 	}
-	sh.ring[slot] = key
+	sh.slots[i] = memSlot{key: key, until: until, used: true, done: done}
+	sh.m[key] = int32(i)
 	sh.next++
-	if sh.next == len(sh.ring) {
+	if sh.next == len(sh.slots) {
 		sh.next = 0
 	}
-	return int32(slot)
 }
 
 // Claim takes key for lease unless it is done or claimed by someone else
@@ -101,33 +97,32 @@ func (s *MemoryStore) Claim(_ context.Context, key string, lease time.Duration) 
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e, ok := sh.m[key]
+	i, ok := sh.m[key]
+	if !ok {
+		sh.add(key, now+int64(lease), false)
+		return broker.Claimed, nil
+	}
+	e := &sh.slots[i]
 	switch {
-	case !ok:
-		e.slot = sh.add(key)
 	case e.done && now < e.until:
 		return broker.AlreadyDone, nil
 	case !e.done && now < e.until:
 		return broker.InFlight, nil
 	}
-	e.done = false
-	e.until = now + int64(lease)
-	sh.m[key] = e
+	e.done, e.until = false, now+int64(lease) // expired: take it over
 	return broker.Claimed, nil
 }
 
 // Complete marks key done for the store's TTL.
 func (s *MemoryStore) Complete(_ context.Context, key string) error {
-	now := mono()
+	until := mono() + s.ttl
 	sh := s.shard(key)
 	sh.mu.Lock()
-	e, ok := sh.m[key]
-	if !ok {
-		e.slot = sh.add(key)
+	if i, ok := sh.m[key]; ok {
+		sh.slots[i].done, sh.slots[i].until = true, until
+	} else {
+		sh.add(key, until, true)
 	}
-	e.done = true
-	e.until = now + s.ttl
-	sh.m[key] = e
 	sh.mu.Unlock()
 	return nil
 }
@@ -137,8 +132,9 @@ func (s *MemoryStore) Complete(_ context.Context, key string) error {
 func (s *MemoryStore) Release(_ context.Context, key string) error {
 	sh := s.shard(key)
 	sh.mu.Lock()
-	if e, ok := sh.m[key]; ok && !e.done {
+	if i, ok := sh.m[key]; ok && !sh.slots[i].done {
 		delete(sh.m, key)
+		sh.slots[i] = memSlot{}
 	}
 	sh.mu.Unlock()
 	return nil

@@ -83,7 +83,7 @@
 //	publish.oversize-refused  a batch holding a message over MaxMessageSize fails with a
 //	                          *broker.TooLargeError (errors.Is ErrTooLarge, kind invalid
 //	                          argument) naming it, and nothing of the batch is delivered; a
-//	                          message of exactly MaxMessageSize (by Message.Size, when <= 16 MiB)
+//	                          message of exactly MaxMessageSize (by Message.Size, when <= 4 MiB)
 //	                          is accepted (needs MaxMessageSize > 0).
 //	ack.idempotent            Ack twice returns nil, Nack after Ack returns ErrAlreadySettled;
 //	                          Nack twice returns nil, Ack after Nack returns ErrAlreadySettled and

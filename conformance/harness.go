@@ -98,8 +98,12 @@ func Run(t *testing.T, h Harness) {
 			case Unsupported:
 				t.Skip("unsupported: " + res.Detail)
 			case Fail:
-				t.Errorf("%s: %s (published %d, handled %d, lost %d, duplicates %d, reordered %d)",
-					prop.name, res.Detail, res.Published, res.Handled, res.Lost, res.Duplicates, res.Reordered)
+				if res.Published == 0 {
+					t.Errorf("%s: %s", prop.name, res.Detail)
+				} else {
+					t.Errorf("%s: %s (published %d, handled %d, lost %d, duplicates %d, reordered %d)",
+						prop.name, res.Detail, res.Published, res.Handled, res.Lost, res.Duplicates, res.Reordered)
+				}
 			default:
 				if res.Detail != "" {
 					t.Log(res.Detail)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -298,5 +299,29 @@ func TestSuiteCatchesBrokenAdapters(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// panicky panics in Receive.
+type panicky struct{ broker.Subscriber }
+
+func (panicky) Receive(context.Context) (broker.Delivery, error) { panic("adapter bug") }
+
+// A panicking adapter fails its properties instead of crashing the test
+// binary.
+func TestPanickingAdapterFails(t *testing.T) {
+	for name, open := range map[string]func(context.Context) (broker.Broker, error){
+		"open": func(context.Context) (broker.Broker, error) { panic("adapter bug") },
+		"receive": func(context.Context) (broker.Broker, error) {
+			return &brokenBroker{Broker: memory.New(memory.Options{}), wrapSub: func(s broker.Subscriber) broker.Subscriber { return panicky{s} }}, nil
+		},
+	} {
+		rep, err := Check(t.Context(), Harness{Name: name, Open: open, Timeout: 5 * time.Second}, "roundtrip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := rep.Results[0]; res.Verdict != Fail || !strings.Contains(res.Detail, "panic: adapter bug") {
+			t.Errorf("panic in %s: verdict %s, detail %q; want fail naming the panic", name, res.Verdict, res.Detail)
+		}
 	}
 }

@@ -210,9 +210,14 @@ func runProperty(ctx context.Context, h Harness, prop property, logf func(string
 		c.reordered = 0
 	}
 	res.Published, res.Handled, res.Lost, res.Duplicates, res.Reordered = c.published, c.handled, c.lost, c.duplicates, c.reordered
-	problems := p.problems()
+	var problems []string
 	if runErr != nil {
-		problems = append([]string{runErr.Error()}, problems...)
+		problems = append(problems, runErr.Error())
+	}
+	for _, pr := range p.problems() {
+		if runErr == nil || !strings.Contains(runErr.Error(), pr) { // a wait returns the abort error too
+			problems = append(problems, pr)
+		}
 	}
 	if note := p.consumeNote(); note != "" {
 		p.notes = append(p.notes, note)

@@ -230,7 +230,7 @@ func (b *Broker) producerDefaults() []kgo.Opt {
 	o := b.opts
 	opts := []kgo.Opt{
 		kgo.ProducerLinger(o.Linger),
-		kgo.ProducerBatchMaxBytes(int32(max(o.MaxMessageBytes+64<<10, 1000012))),
+		kgo.ProducerBatchMaxBytes(int32(o.MaxMessageBytes + 4096)), // room for record and header framing
 	}
 	if o.Compression != nil {
 		opts = append(opts, kgo.ProducerBatchCompression(*o.Compression))

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,7 @@ type Subscriber struct {
 	prefetch   int64
 	ackTimeout time.Duration
 	commitAck  bool
+	topicIDs   map[[16]byte]string // of the consumed topics, for OffsetFetch v10+
 
 	ctx    context.Context // canceled by Close: stops the poller, committer and sweeper
 	cancel context.CancelFunc
@@ -119,6 +121,14 @@ func (b *Broker) Subscribe(ctx context.Context, opts broker.SubscriberOptions) (
 	if err := b.ensureTopics(ctx, topics...); err != nil {
 		return nil, wrap(op, err)
 	}
+	listed, err := b.adm.ListTopics(ctx, topics...)
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	s.topicIDs = map[[16]byte]string{}
+	for _, d := range listed {
+		s.topicIDs[d.ID] = d.Topic
+	}
 	if opts.MaxAttempts > 0 {
 		if err := b.ensureTopics(ctx, opts.DeadLetterTopic); err != nil {
 			return nil, wrap(op, err)
@@ -142,6 +152,7 @@ func (b *Broker) Subscribe(ctx context.Context, opts broker.SubscriberOptions) (
 		kgo.OnPartitionsAssigned(s.onAssigned),
 		kgo.OnPartitionsRevoked(s.onRevoked),
 		kgo.OnPartitionsLost(s.onLost),
+		kgo.OnOffsetsFetched(s.onFetched),
 		kgo.ConsumeResetOffset(start),
 		kgo.FetchIsolationLevel(isolation),
 		kgo.FetchMaxWait(500*time.Millisecond),
@@ -212,16 +223,11 @@ func (s *Subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (i
 		s.mu.Lock()
 		if avail := len(s.ready) - s.head; avail > 0 {
 			n := min(avail, len(buf))
-			var now int64
-			if s.ackTimeout > 0 {
-				now = time.Now().UnixNano()
-			}
+			now := time.Now().UnixNano()
 			for i := 0; i < n; i++ {
 				d := s.ready[s.head+i]
 				s.ready[s.head+i] = nil
-				if now != 0 {
-					d.handed.Store(now)
-				}
+				d.handed.Store(now)
 				buf[i] = d
 			}
 			s.head += n
@@ -402,6 +408,10 @@ func (s *Subscriber) newDelivery(p *partition, r *kgo.Record) *delivery {
 	if m.ID == "" {
 		// A record from another producer: its position is its identity.
 		m.ID = r.Topic + "/" + strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10)
+	}
+	d.ent.base = m.Attempt
+	if p.prior != nil {
+		m.Attempt += p.prior[r.Offset] // deliveries before a crash or rebalance
 	}
 	return d
 }
@@ -683,44 +693,61 @@ func (s *Subscriber) committer() {
 	}
 }
 
-// commit commits the watermark (lowest un-acknowledged offset) of ps that
-// moved since the last commit. With final, the partitions are given up:
-// later acks on them fail.
+// commit commits the watermark (lowest un-acknowledged offset) of ps where
+// it or the delivery counts of the records in flight changed since the last
+// commit. The counts travel in the commit's metadata, so that a member that
+// takes over a partition after a crash or rebalance continues the attempt
+// count. With final, the partitions are given up: later acks on them fail.
 func (s *Subscriber) commit(ctx context.Context, ps []*partition, final bool) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	type mark struct {
-		p  *partition
-		wm int64
+		p    *partition
+		wm   int64
+		meta string
 	}
 	var marks []mark
 	offs := map[string]map[int32]kgo.EpochOffset{}
+	metas := map[topicPart]string{}
 	for _, p := range ps {
 		p.mu.Lock()
 		if p.gone {
 			p.mu.Unlock()
 			continue
 		}
-		wm, committed := p.watermark(), p.committed
+		wm, committed, last := p.watermark(), p.committed, p.meta
+		meta := p.attemptsMeta()
 		if final {
 			p.gone = true
 		}
 		p.mu.Unlock()
-		if wm < 0 || wm <= committed {
+		if wm < 0 || wm < committed || (wm == committed && meta == last) {
 			if final {
 				p.wake()
 			}
 			continue
 		}
-		marks = append(marks, mark{p, wm})
+		marks = append(marks, mark{p, wm, meta})
 		if offs[p.topic] == nil {
 			offs[p.topic] = map[int32]kgo.EpochOffset{}
 		}
 		offs[p.topic][p.part] = kgo.EpochOffset{Epoch: -1, Offset: wm}
+		metas[topicPart{p.topic, p.part}] = meta
 	}
 	if len(marks) == 0 {
 		return nil
 	}
+	ctx = kgo.PreCommitFnContext(ctx, func(req *kmsg.OffsetCommitRequest) error {
+		for i := range req.Topics {
+			t := &req.Topics[i]
+			for j := range t.Partitions {
+				if m, ok := metas[topicPart{t.Topic, t.Partitions[j].Partition}]; ok {
+					t.Partitions[j].Metadata = &m
+				}
+			}
+		}
+		return nil
+	})
 	var cerr error
 	failed := map[topicPart]bool{}
 	s.cl.CommitOffsetsSync(ctx, offs, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
@@ -740,8 +767,8 @@ func (s *Subscriber) commit(ctx context.Context, ps []*partition, final bool) er
 	for _, m := range marks {
 		if ok := cerr == nil || (len(failed) > 0 && !failed[topicPart{m.p.topic, m.p.part}]); ok {
 			m.p.mu.Lock()
-			if m.wm > m.p.committed {
-				m.p.committed = m.wm
+			if m.wm >= m.p.committed {
+				m.p.committed, m.p.meta = m.wm, m.meta
 			}
 			m.p.mu.Unlock()
 		}
@@ -749,6 +776,127 @@ func (s *Subscriber) commit(ctx context.Context, ps []*partition, final bool) er
 	}
 	if cerr != nil {
 		return wrap("kafka: commit", cerr)
+	}
+	return nil
+}
+
+// attemptsMeta encodes how often each record in flight was delivered, as
+// "qk1:" and comma-separated "offset*count" or "first-last*count" runs,
+// within Kafka's default 4096-byte limit on commit metadata (runs past it
+// are left out: those records start counting again). p.mu held.
+func (p *partition) attemptsMeta() string {
+	var b []byte
+	var from, to int64
+	cnt := 0
+	flush := func() {
+		if cnt == 0 {
+			return
+		}
+		if len(b) == 0 {
+			b = append(b, metaPrefix...)
+		} else {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, from, 10)
+		if to != from {
+			b = append(b, '-')
+			b = strconv.AppendInt(b, to, 10)
+		}
+		b = append(b, '*')
+		b = strconv.AppendInt(b, int64(cnt), 10)
+	}
+	for _, e := range p.track[p.head:] {
+		if e.done {
+			continue
+		}
+		n := e.deliveries()
+		if n <= 0 {
+			continue
+		}
+		if n == cnt && e.off == to+1 {
+			to = e.off
+			continue
+		}
+		flush()
+		if len(b) > 3500 {
+			cnt = 0
+			break
+		}
+		from, to, cnt = e.off, e.off, n
+	}
+	flush()
+	return string(b)
+}
+
+const metaPrefix = "qk1:"
+
+// parseAttemptsMeta decodes attemptsMeta; anything else decodes to nil.
+func parseAttemptsMeta(s string) map[int64]int {
+	rest, ok := strings.CutPrefix(s, metaPrefix)
+	if !ok || rest == "" {
+		return nil
+	}
+	out := map[int64]int{}
+	for _, run := range strings.Split(rest, ",") {
+		span, count, ok := strings.Cut(run, "*")
+		n, err := strconv.Atoi(count)
+		if !ok || err != nil || n <= 0 {
+			return nil
+		}
+		first, last, isRange := strings.Cut(span, "-")
+		a, err1 := strconv.ParseInt(first, 10, 64)
+		z := a
+		var err2 error
+		if isRange {
+			z, err2 = strconv.ParseInt(last, 10, 64)
+		}
+		if err1 != nil || err2 != nil || z < a || z-a > 1<<16 {
+			return nil
+		}
+		for o := a; o <= z; o++ {
+			out[o] = n
+		}
+	}
+	return out
+}
+
+// onFetched reads the delivery counts that the previous owner of each newly
+// assigned partition left in its commit metadata.
+func (s *Subscriber) onFetched(_ context.Context, _ *kgo.Client, resp *kmsg.OffsetFetchResponse) error {
+	set := func(topic string, part int32, meta *string) {
+		if meta == nil || topic == "" {
+			return
+		}
+		prior := parseAttemptsMeta(*meta)
+		if prior == nil {
+			return
+		}
+		s.mu.Lock()
+		p := s.parts[topicPart{topic, part}]
+		if p == nil {
+			p = s.newPartition(topicPart{topic, part})
+			s.parts[topicPart{topic, part}] = p
+		}
+		s.mu.Unlock()
+		p.mu.Lock()
+		p.prior = prior
+		p.mu.Unlock()
+	}
+	for _, t := range resp.Topics {
+		for _, pr := range t.Partitions {
+			set(t.Topic, pr.Partition, pr.Metadata)
+		}
+	}
+	for _, g := range resp.Groups {
+		for _, t := range g.Topics {
+			name := t.Topic
+			if name == "" {
+				name = s.topicIDs[t.TopicID]
+			}
+			for _, pr := range t.Partitions {
+				set(name, pr.Partition, pr.Metadata)
+			}
+		}
 	}
 	return nil
 }
@@ -910,9 +1058,11 @@ type partition struct {
 	mu        sync.Mutex
 	track     []*entry // records not yet committed past, by offset
 	head      int
-	next      int64 // offset after the last tracked record; -1 before any
-	committed int64 // last committed offset; -1 before any
-	out       int   // deliveries attached and not finally settled
+	next      int64         // offset after the last tracked record; -1 before any
+	committed int64         // last committed offset; -1 before any
+	meta      string        // commit metadata last committed (see attemptsMeta)
+	prior     map[int64]int // deliveries per offset before this assignment, from commit metadata
+	out       int           // deliveries attached and not finally settled
 	revoking  bool
 	gone      bool          // no more acks: revoked, lost or closed
 	drained   chan struct{} // closed when out reaches 0 while revoking
@@ -989,8 +1139,19 @@ func (p *partition) wake() {
 type entry struct {
 	off  int64
 	rec  *kgo.Record
+	base int       // Attempt of the record's first delivery ever: its attempt header, or 1
 	done bool      // acknowledged (or forwarded): committable
 	cur  *delivery // the delivery that may settle it now
+}
+
+// deliveries is how many times the record was handed out so far, counting
+// those recorded before a crash or rebalance (p.mu held).
+func (e *entry) deliveries() int {
+	n := e.cur.msg.Attempt - e.base
+	if e.cur.handed.Load() != 0 {
+		n++
+	}
+	return n
 }
 
 // delivery is one delivery of a record. It implements broker.Delivery.
@@ -999,7 +1160,7 @@ type delivery struct {
 	settle    broker.Settlement
 	p         *partition
 	e         *entry
-	handed    atomic.Int64 // unix nanos when handed out (with AckTimeout)
+	handed    atomic.Int64 // unix nanos when handed out; 0 before
 	notBefore int64        // unix nanos before which it is not delivered
 	ent       entry        // storage of e for the first delivery
 }

@@ -72,7 +72,7 @@ func (c *core) deadLetter(name string, msgs []*broker.Message) {
 		for i, m := range msgs {
 			ents[i].init(m, g)
 		}
-		g.mu.Lock()
+		g.lock()
 		if !g.closed {
 			g.count += len(ents)
 			for i := range ents {
@@ -81,7 +81,7 @@ func (c *core) deadLetter(name string, msgs []*broker.Message) {
 			g.published += uint64(len(ents))
 			g.wakeReceiverLocked()
 		}
-		g.mu.Unlock()
+		g.unlock()
 	}
 }
 
@@ -104,9 +104,9 @@ func (t *topic) subscribe(b *Broker, opts broker.SubscriberOptions) (*subscriber
 	if g == nil {
 		if t.orphan != nil {
 			g, t.orphan = t.orphan, nil
-			g.mu.Lock()
+			g.lock()
 			g.name = opts.Group
-			g.mu.Unlock()
+			g.unlock()
 		} else {
 			old := *t.targets.Load()
 			gs := make([]*group, len(old), len(old)+1)
@@ -130,8 +130,8 @@ func (t *topic) subscribe(b *Broker, opts broker.SubscriberOptions) (*subscriber
 		credit:      make(chan struct{}, 1),
 		done:        make(chan struct{}),
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.lock()
+	defer g.unlock()
 	if g.closed {
 		return nil, broker.ErrClosed
 	}

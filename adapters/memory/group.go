@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
@@ -38,23 +39,56 @@ type delivery struct {
 	msg    broker.Message
 	e      *entry
 	settle broker.Settlement
+	// state is stInflight from delivery until Ack (stAcked) or until the
+	// group takes the delivery back (stGone: nacked, expired, released),
+	// whichever comes first.
+	state   atomic.Uint32
+	ackNext *delivery // in the group's stack of acks to process
 
 	// guarded by e.g.mu
-	inflight   bool
+	linked     bool // in sub's in-flight list
 	sub        *subscriber
 	prev, next *delivery // in sub's in-flight list, deadline order
 	deadline   int64
 }
 
+const (
+	stIdle uint32 = iota
+	stInflight
+	stAcked
+	stGone
+)
+
 func (d *delivery) Message() *broker.Message { return &d.msg }
 
 // Ack removes the message from its group. It returns ErrExpired when the
 // delivery had already timed out or been released by Subscriber.Close.
+//
+// Ack does not wait for the group's lock: it pushes d on the group's stack
+// of acks, which whoever holds the lock processes before releasing it (or
+// Ack itself, when the lock is free).
 func (d *delivery) Ack(ctx context.Context) error {
 	if first, err := d.settle.Ack(); !first {
 		return err
 	}
-	return d.e.g.ack(d)
+	g := d.e.g
+	if g.isClosed.Load() {
+		return broker.ErrClosed
+	}
+	if !d.state.CompareAndSwap(stInflight, stAcked) {
+		return ErrExpired
+	}
+	for {
+		top := g.acks.Load()
+		d.ackNext = top
+		if g.acks.CompareAndSwap(top, d) {
+			break
+		}
+	}
+	if g.mu.TryLock() {
+		g.unlock()
+	}
+	return nil
 }
 
 // Nack makes the message available again after delay. On a delivery that
@@ -82,6 +116,8 @@ type group struct {
 	cap  int
 
 	mu       sync.Mutex
+	acks     atomic.Pointer[delivery] // acked deliveries to process under mu
+	isClosed atomic.Bool              // closed, for Ack without the lock
 	closed   bool
 	ready    ring
 	keys     map[string]keyState
@@ -94,8 +130,8 @@ type group struct {
 	waiters int           // receivers waiting for ready entries
 	signal  chan struct{} // wakes one waiting receiver (it wakes the next)
 
-	pubWaiters int
-	room       chan struct{} // closed (and replaced) when room frees up
+	pubWaiters int           // publishers waiting for room
+	room       chan struct{} // wakes one waiting publisher (it wakes the next)
 	wakeAt     int           // count at or below which waiting publishers wake
 
 	timer   *time.Timer
@@ -111,7 +147,7 @@ func newGroup(t *topic, name string, capacity int) *group {
 		cap:    capacity,
 		keys:   make(map[string]keyState),
 		signal: make(chan struct{}, 1),
-		room:   make(chan struct{}),
+		room:   make(chan struct{}, 1),
 		wakeAt: capacity - max(1, capacity/16),
 	}
 }
@@ -125,11 +161,17 @@ func (g *group) wakeReceiverLocked() {
 	}
 }
 
-// freedLocked wakes waiting publishers once enough room is free.
+// freedLocked wakes a waiting publisher once enough room is free.
 func (g *group) freedLocked() {
 	if g.pubWaiters > 0 && g.count <= g.wakeAt {
-		close(g.room)
-		g.room = make(chan struct{})
+		g.wakePublisherLocked()
+	}
+}
+
+func (g *group) wakePublisherLocked() {
+	select {
+	case g.room <- struct{}{}:
+	default:
 	}
 }
 
@@ -175,7 +217,8 @@ func (g *group) deliverLocked(e *entry, s *subscriber, now int64) *delivery {
 	d.msg.Attempt = e.attempts
 	d.sub = s
 	d.deadline = now + s.ackTimeout
-	d.inflight = true
+	d.linked = true
+	d.state.Store(stInflight)
 	// Append to s's in-flight list: deadlines only grow within it.
 	d.next = nil
 	d.prev = s.tail
@@ -207,7 +250,7 @@ func (g *group) unlinkLocked(d *delivery) {
 		d.next.prev = d.prev
 	}
 	d.prev, d.next, d.sub = nil, nil, nil
-	d.inflight = false
+	d.linked = false
 	s.n--
 	g.inflight--
 	if s.creditWait && s.n < s.prefetch {
@@ -243,35 +286,70 @@ func (g *group) removeLocked(e *entry) {
 	g.freedLocked()
 }
 
-func (g *group) ack(d *delivery) error {
+// lock takes the group's lock and processes pending acks.
+func (g *group) lock() {
 	g.mu.Lock()
-	if g.closed || !d.inflight {
-		closed := g.closed
+	g.drainAcksLocked()
+}
+
+// unlock processes pending acks and releases the lock, then makes sure that
+// no ack pushed meanwhile is left unprocessed: if one was, and nobody holds
+// the lock (whoever does will process it), it takes the lock again.
+func (g *group) unlock() {
+	for {
+		g.drainAcksLocked()
 		g.mu.Unlock()
-		if closed {
-			return broker.ErrClosed
+		if g.acks.Load() == nil || !g.mu.TryLock() {
+			return
 		}
-		return ErrExpired
+	}
+}
+
+func (g *group) drainAcksLocked() {
+	d := g.acks.Swap(nil)
+	for d != nil {
+		next := d.ackNext
+		d.ackNext = nil
+		g.ackedLocked(d)
+		d = next
+	}
+}
+
+// ackedLocked removes the message of the acked delivery d, unless that was
+// done already (d is processed both from the stack and by whoever found it
+// acked).
+func (g *group) ackedLocked(d *delivery) {
+	if !d.linked || g.closed {
+		return
 	}
 	g.unlinkLocked(d)
 	g.removeLocked(d.e)
 	g.acked++
-	g.mu.Unlock()
-	return nil
+}
+
+// takeBackLocked claims in-flight d for the group (to nack, expire or
+// release it) and unlinks it. It returns false, having processed the ack,
+// when d was acked first.
+func (g *group) takeBackLocked(d *delivery) bool {
+	if !d.state.CompareAndSwap(stInflight, stGone) {
+		g.ackedLocked(d)
+		return false
+	}
+	g.unlinkLocked(d)
+	return true
 }
 
 func (g *group) nack(d *delivery, delay time.Duration) error {
-	g.mu.Lock()
+	g.lock()
 	if g.closed {
-		g.mu.Unlock()
+		g.unlock()
 		return broker.ErrClosed
 	}
-	if !d.inflight {
-		g.mu.Unlock()
+	s, e := d.sub, d.e
+	if !d.linked || !g.takeBackLocked(d) {
+		g.unlock() // expired or released: it is redelivered anyway
 		return nil
 	}
-	s, e := d.sub, d.e
-	g.unlinkLocked(d)
 	var dead []*broker.Message
 	switch {
 	case s.maxAttempts > 0 && e.attempts >= s.maxAttempts:
@@ -287,7 +365,7 @@ func (g *group) nack(d *delivery, delay time.Duration) error {
 			g.armLocked(e.due, now)
 		}
 	}
-	g.mu.Unlock()
+	g.unlock()
 	if dead != nil {
 		g.t.c.deadLetter(s.dlq, dead)
 	}
@@ -324,9 +402,9 @@ func (g *group) armLocked(when, now int64) {
 
 // onTimer redelivers expired deliveries and due delayed entries.
 func (g *group) onTimer() {
-	g.mu.Lock()
+	g.lock()
 	if g.closed {
-		g.mu.Unlock()
+		g.unlock()
 		return
 	}
 	now := nanotime()
@@ -339,7 +417,9 @@ func (g *group) onTimer() {
 		for s.head != nil && s.head.deadline <= now {
 			d := s.head
 			e := d.e
-			g.unlinkLocked(d)
+			if !g.takeBackLocked(d) {
+				continue // acked just now
+			}
 			if s.maxAttempts > 0 && e.attempts >= s.maxAttempts {
 				dead = append(dead, g.deadLocked(e, "ack timeout passed", s.maxAttempts))
 				dlqs = append(dlqs, s.dlq)
@@ -365,45 +445,45 @@ func (g *group) onTimer() {
 	if woke {
 		g.wakeReceiverLocked()
 	}
-	g.mu.Unlock()
+	g.unlock()
 	for i, m := range dead {
 		g.t.c.deadLetter(dlqs[i], []*broker.Message{m})
 	}
 }
 
 func (g *group) close() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.lock()
+	defer g.unlock()
 	if g.closed {
 		return
 	}
 	g.closed = true
+	g.isClosed.Store(true)
 	if g.timer != nil {
 		g.timer.Stop()
 	}
-	close(g.room)
-	g.room = make(chan struct{})
+	g.wakePublisherLocked() // it sees closed and wakes the next
 }
 
 // ---- receiving ----
 
 func (g *group) receive(ctx context.Context, s *subscriber, buf []broker.Delivery) (int, error) {
-	g.mu.Lock()
+	g.lock()
 	for {
 		if s.closed || g.closed {
-			g.mu.Unlock()
+			g.unlock()
 			return 0, broker.ErrClosed
 		}
 		if s.prefetch > 0 && s.n >= s.prefetch {
 			s.creditWait = true
-			g.mu.Unlock()
+			g.unlock()
 			select {
 			case <-s.credit:
 			case <-s.done:
 			case <-ctx.Done():
 				return 0, ctx.Err()
 			}
-			g.mu.Lock()
+			g.lock()
 			continue
 		}
 		if g.ready.n > 0 {
@@ -411,22 +491,22 @@ func (g *group) receive(ctx context.Context, s *subscriber, buf []broker.Deliver
 				if g.ready.n > 0 {
 					g.wakeReceiverLocked() // pass the baton
 				}
-				g.mu.Unlock()
+				g.unlock()
 				return n, nil
 			}
 		}
 		g.waiters++
-		g.mu.Unlock()
+		g.unlock()
 		select {
 		case <-g.signal:
 		case <-s.done:
 		case <-ctx.Done():
-			g.mu.Lock()
+			g.lock()
 			g.waiters--
-			g.mu.Unlock()
+			g.unlock()
 			return 0, ctx.Err()
 		}
-		g.mu.Lock()
+		g.lock()
 		g.waiters--
 	}
 }
@@ -435,9 +515,9 @@ func (g *group) receive(ctx context.Context, s *subscriber, buf []broker.Deliver
 func (g *group) releaseLocked(s *subscriber) {
 	for d := s.tail; d != nil; {
 		prev := d.prev
-		e := d.e
-		g.unlinkLocked(d)
-		g.ready.pushFront(e)
+		if g.takeBackLocked(d) {
+			g.ready.pushFront(d.e)
+		}
 		d = prev
 	}
 	g.wakeReceiverLocked()
@@ -447,33 +527,38 @@ func (g *group) releaseLocked(s *subscriber) {
 
 // reserve waits until g has room and reserves up to want places.
 func (g *group) reserve(ctx context.Context, want int, done <-chan struct{}) (int, error) {
-	g.mu.Lock()
+	g.lock()
 	for {
 		if g.closed {
-			g.mu.Unlock()
+			if g.pubWaiters > 0 {
+				g.wakePublisherLocked()
+			}
+			g.unlock()
 			return 0, broker.ErrClosed
 		}
 		if free := g.cap - g.count; free > 0 {
 			k := min(want, free)
 			g.count += k
-			g.mu.Unlock()
+			if free > k && g.pubWaiters > 0 {
+				g.wakePublisherLocked() // pass the baton
+			}
+			g.unlock()
 			return k, nil
 		}
 		g.pubWaiters++
-		room := g.room
-		g.mu.Unlock()
+		g.unlock()
 		var err error
 		select {
-		case <-room:
+		case <-g.room:
 		case <-done:
 			err = broker.ErrClosed
 		case <-ctx.Done():
 			err = ctx.Err()
 		}
-		g.mu.Lock()
+		g.lock()
 		g.pubWaiters--
 		if err != nil {
-			g.mu.Unlock()
+			g.unlock()
 			return 0, err
 		}
 	}
@@ -481,18 +566,18 @@ func (g *group) reserve(ctx context.Context, want int, done <-chan struct{}) (in
 
 // unreserve gives back k reserved places.
 func (g *group) unreserve(k int) {
-	g.mu.Lock()
+	g.lock()
 	g.count -= k
 	g.freedLocked()
-	g.mu.Unlock()
+	g.unlock()
 }
 
 // insert queues ents, for which room was reserved. It reports false when
 // the group is closed.
 func (g *group) insert(ents []entry) bool {
-	g.mu.Lock()
+	g.lock()
 	ok := g.insertLocked(ents)
-	g.mu.Unlock()
+	g.unlock()
 	return ok
 }
 

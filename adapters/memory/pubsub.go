@@ -64,17 +64,23 @@ func (p *publisher) Publish(ctx context.Context, topicName string, msgs ...*brok
 
 	if G == 1 { // fast path: room for everything in the only group
 		g := targets[0]
-		g.mu.Lock()
+		g.lock()
 		if !g.closed && g.cap-g.count >= n {
 			g.count += n
 			g.insertLocked(ents)
-			g.mu.Unlock()
+			g.unlock()
 			return nil
 		}
-		g.mu.Unlock()
+		g.unlock()
 	}
 
-	res := make([]int, G)
+	var resBuf [4]int
+	res := resBuf[:0]
+	if G <= len(resBuf) {
+		res = resBuf[:G]
+	} else {
+		res = make([]int, G)
+	}
 	for done := 0; done < n; {
 		chunk := n - done
 		for gi, g := range targets {
@@ -213,8 +219,8 @@ func (s *subscriber) Close(ctx context.Context) error {
 
 func (s *subscriber) close() {
 	g := s.g
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.lock()
+	defer g.unlock()
 	if s.closed {
 		return
 	}

@@ -66,8 +66,8 @@ func (b *Broker) Depth(topic, group string) (GroupStats, bool) {
 }
 
 func (g *group) stats() GroupStats {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.lock()
+	defer g.unlock()
 	return GroupStats{
 		Topic:        g.t.name,
 		Group:        g.name,

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/queuekit/queuekit/adapters/memory"
+	_ "github.com/queuekit/queuekit/adapters/rabbitmq"
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/middleware/dedupe"

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	_ "github.com/queuekit/queuekit/adapters/memory"
+	_ "github.com/queuekit/queuekit/adapters/rabbitmq"
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/middleware/dlq"
 	"github.com/queuekit/queuekit/middleware/internal/mwtest"
@@ -68,11 +69,11 @@ func TestDeadLetterAfterMaxAttempts(t *testing.T) {
 		if err1 != nil || err2 != nil || first.After(last) || first.Before(before.Add(-time.Second)) {
 			t.Errorf("failure times first %q last %q: %v %v", got.Header(broker.HeaderFirstFailure), got.Header(broker.HeaderLastFailure), err1, err2)
 		}
-		if seen.Load() == nil {
-			t.Error("OnDeadLetter was not called")
-		}
 		if err := stop(); err != nil {
 			t.Fatal(err)
+		}
+		if seen.Load() == nil {
+			t.Error("OnDeadLetter was not called")
 		}
 		if n := calls.Load(); n != 3 {
 			t.Fatalf("handler ran %d times, want 3", n)
@@ -137,6 +138,7 @@ func TestNativeLeavesAttemptsToTheBroker(t *testing.T) {
 		topic := e.Topic("dlq-native")
 		dead := e.Subscribe(t, broker.SubscriberOptions{Topic: dlq.Topic(topic), Group: "ops"})
 		sub := e.Subscribe(t, broker.SubscriberOptions{Topic: topic, Group: "work", MaxAttempts: 2})
+		e.Forget(t, dlq.Topic(topic), "work") // the adapter's own dead-letter queue
 		var transient, permanent atomic.Int32
 		var published atomic.Int32
 		h := dlq.New(e.Pub, dlq.Options{MaxAttempts: 1, Native: true, OnDeadLetter: func(*broker.Message, error) { published.Add(1) }})(

@@ -112,6 +112,9 @@ func Redrive(ctx context.Context, sub broker.Subscriber, pub broker.Publisher, o
 			if !seen[m.ID] {
 				seen[m.ID] = true
 				p.Skipped++
+				if (p.Moved+p.Skipped)%opts.ProgressEvery == 0 {
+					report(false)
+				}
 			}
 			continue
 		}

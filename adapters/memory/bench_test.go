@@ -3,12 +3,14 @@ package memory_test
 import (
 	"context"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/queuekit/queuekit/adapters/memory"
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/semantics"
 )
 
 // Benchmarks follow the repository convention: Benchmark<Thing>/queuekit
@@ -142,17 +144,25 @@ func BenchmarkPublish(b *testing.B) {
 // baseline is producer goroutine -> buffered channel -> the same number of
 // workers -> an ack counter.
 func BenchmarkEndToEnd(b *testing.B) {
-	b.Run("queuekit", func(b *testing.B) { benchEndToEnd(b, 1) })
+	b.Run("queuekit", func(b *testing.B) { benchEndToEnd(b, 1, 0) })
 	b.Run("channel", benchEndToEndChannel)
 }
 
 // BenchmarkEndToEndBatch is BenchmarkEndToEnd with 64 messages per Publish.
 func BenchmarkEndToEndBatch(b *testing.B) {
-	b.Run("queuekit", func(b *testing.B) { benchEndToEnd(b, benchBatch) })
+	b.Run("queuekit", func(b *testing.B) { benchEndToEnd(b, benchBatch, 0) })
 	b.Run("channel", benchEndToEndChannel)
 }
 
-func benchEndToEnd(b *testing.B, batch int) {
+// BenchmarkEndToEndPerKey is BenchmarkEndToEnd with messages spread over
+// 1024 keys and Consume keeping per-key order (the broker serialises each
+// key too). The baseline keeps no order at all.
+func BenchmarkEndToEndPerKey(b *testing.B) {
+	b.Run("queuekit", func(b *testing.B) { benchEndToEnd(b, 1, 1024) })
+	b.Run("channel", benchEndToEndChannel)
+}
+
+func benchEndToEnd(b *testing.B, batch, keys int) {
 	ctx := context.Background()
 	br := memory.New(memory.Options{})
 	defer br.Close(ctx)
@@ -175,17 +185,28 @@ func benchEndToEnd(b *testing.B, batch int) {
 	m := startMeter(b)
 	consumed := make(chan error, 1)
 	go func() {
-		consumed <- broker.Consume(cctx, sub, h, broker.ConsumeOptions{Concurrency: benchConcurrency})
+		opts := broker.ConsumeOptions{Concurrency: benchConcurrency}
+		if keys > 0 {
+			opts.Ordering = semantics.PerKey
+		}
+		consumed <- broker.Consume(cctx, sub, h, opts)
 	}()
 	go func() {
 		ms := make([]*broker.Message, batch)
 		for i := range ms {
 			ms[i] = &broker.Message{}
 		}
+		names := make([]string, keys)
+		for i := range names {
+			names[i] = "key-" + strconv.Itoa(i)
+		}
 		for sent := 0; sent < b.N; sent += batch {
 			k := min(batch, b.N-sent)
-			for _, msg := range ms[:k] {
+			for i, msg := range ms[:k] {
 				msg.ID, msg.Payload = "", payload
+				if keys > 0 {
+					msg.Key = names[(sent+i)%keys]
+				}
 			}
 			if err := pub.Publish(ctx, "bench", ms[:k]...); err != nil {
 				panic(err)

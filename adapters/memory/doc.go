@@ -90,8 +90,8 @@
 //
 // # Close
 //
-// After Close, Publish and Receive return broker.ErrClosed; a Publish or
-// Receive waiting at the time returns it too. Closing a Broker closes the
+// After Close, Publish, Receive, Ack and Nack return broker.ErrClosed; a
+// Publish or Receive waiting at the time returns it too. Closing a Broker closes the
 // publishers and subscribers it made. When the last handle on a broker is
 // closed, its messages are gone.
 //

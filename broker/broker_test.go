@@ -94,6 +94,7 @@ func TestRedact(t *testing.T) {
 		"amqp://guest:pw@h:5672/":     "amqp://guest:xxxxx@h:5672/",
 		"amqp://guest:pw@h:bad/":      "amqp://guest:xxxxx@h:bad/",
 		"kafka://h:9092/?topic=a":     "kafka://h:9092/?topic=a",
+		"mem://":                      "mem://",
 		"redis://:onlypw@h:6379/0":    "redis://:xxxxx@h:6379/0",
 		"amqp://us%zzer:pw@h/":        "amqp://us%zzer:xxxxx@h/",
 		"postgres://u:p@w@h/db?x=1":   "postgres://u:xxxxx@h/db?x=1",

@@ -104,6 +104,9 @@ var userinfo = regexp.MustCompile(`(//[^/@:]*):[^/@]*@`)
 // rawURL does not parse.
 func Redact(rawURL string) string {
 	if u, err := url.Parse(rawURL); err == nil {
+		if _, has := u.User.Password(); !has {
+			return rawURL
+		}
 		return u.Redacted()
 	}
 	return userinfo.ReplaceAllString(rawURL, "${1}:xxxxx@")

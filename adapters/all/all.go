@@ -8,5 +8,9 @@
 package all
 
 import (
-	_ "github.com/queuekit/queuekit/adapters/memory" // mem://
+	_ "github.com/queuekit/queuekit/adapters/kafka"    // kafka://
+	_ "github.com/queuekit/queuekit/adapters/memory"   // mem://
+	_ "github.com/queuekit/queuekit/adapters/pubsub"   // gcppubsub://
+	_ "github.com/queuekit/queuekit/adapters/rabbitmq" // amqp://, amqps://
+	_ "github.com/queuekit/queuekit/adapters/sqs"      // sqs://
 )

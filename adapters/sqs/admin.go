@@ -122,7 +122,14 @@ func (b *Broker) ensureQueue(ctx context.Context, name string, vis time.Duration
 		if vis > 0 {
 			attrs[string(types.QueueAttributeNameVisibilityTimeout)] = strconv.Itoa(int(ceilSeconds(vis, 0, maxVisibility)))
 		}
+		// 1 MiB, so that a binary payload of 256 KiB fits base64-encoded.
+		attrs[string(types.QueueAttributeNameMaximumMessageSize)] = strconv.Itoa(WireLimit)
 		cout, cerr := b.client.CreateQueue(ctx, &awssqs.CreateQueueInput{QueueName: aws.String(name), Attributes: attrs})
+		if cerr != nil && kindOf(cerr) == semantics.InvalidArgument {
+			// An endpoint from before SQS took 1 MiB: keep its default.
+			delete(attrs, string(types.QueueAttributeNameMaximumMessageSize))
+			cout, cerr = b.client.CreateQueue(ctx, &awssqs.CreateQueueInput{QueueName: aws.String(name), Attributes: attrs})
+		}
 		if cerr != nil {
 			return "", false, wrap("sqs: create queue "+name, cerr)
 		}

@@ -29,6 +29,7 @@ type job[T any] struct {
 // pending, so a batcher needs no closing.
 type batcher[T any] struct {
 	maxInflight int
+	maxEntries  int
 	maxBytes    int
 	timeout     time.Duration // per request
 	send        func(ctx context.Context, batch []*job[T])
@@ -39,14 +40,14 @@ type batcher[T any] struct {
 }
 
 func newBatcher[T any](maxInflight, maxBytes int, timeout time.Duration, send func(context.Context, []*job[T])) *batcher[T] {
-	return &batcher[T]{maxInflight: maxInflight, maxBytes: maxBytes, timeout: timeout, send: send}
+	return &batcher[T]{maxInflight: maxInflight, maxEntries: maxBatchEntries, maxBytes: maxBytes, timeout: timeout, send: send}
 }
 
 // submit queues jobs; each one's finish is called when its request is done.
 func (b *batcher[T]) submit(jobs ...*job[T]) {
 	b.mu.Lock()
 	b.pending = append(b.pending, jobs...)
-	need := (len(b.pending) + maxBatchEntries - 1) / maxBatchEntries
+	need := (len(b.pending) + b.maxEntries - 1) / b.maxEntries
 	start := min(need, b.maxInflight-b.inflight)
 	b.inflight += max(start, 0)
 	b.mu.Unlock()
@@ -100,7 +101,7 @@ func (b *batcher[T]) run() {
 // take removes the next batch from pending. b.mu is held.
 func (b *batcher[T]) take() []*job[T] {
 	n, bytes := 0, 0
-	for n < len(b.pending) && n < maxBatchEntries {
+	for n < len(b.pending) && n < b.maxEntries {
 		s := b.pending[n].size
 		if n > 0 && b.maxBytes > 0 && bytes+s > b.maxBytes {
 			break

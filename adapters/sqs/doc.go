@@ -28,9 +28,12 @@
 // through SendMessageBatch (SNS PublishBatch), gathering the messages of
 // concurrent Publish calls to one topic into batches of up to 10 entries
 // and 256 KiB, and reports refused entries in a *broker.PublishError.
-// A message over Options.MaxMessageSize (default 256 KiB, body plus
-// attributes as SQS counts them) is refused with a *broker.TooLargeError
-// before any request.
+// A message over Options.MaxMessageSize by broker.Message.Size (default
+// 256 KiB; 190 KiB in fan-out mode, where SNS takes 256 KiB on the wire and
+// a binary payload travels base64-encoded) is refused with a
+// *broker.TooLargeError before any request. Queues the adapter creates
+// accept 1 MiB on the wire; a queue created elsewhere with the old 256 KiB
+// limit refuses binary payloads over about 190 KiB entry by entry.
 //
 // Subscribers long-poll with several pollers. A received message is
 // invisible to other consumers for the visibility timeout
@@ -43,13 +46,20 @@
 // ApproximateReceiveCount. broker.Consume gives at-least-once (ack after
 // the handler) or at-most-once (ack, that is delete, before the handler).
 //
-// With SubscriberOptions.MaxAttempts > 0 the queue gets a RedrivePolicy
-// with that maxReceiveCount, and SQS itself moves a message received that
-// many times to the dead-letter queue: DeadLetterQueue(opts), which is the
-// queue a subscriber of opts.DeadLetterTopic in the same group reads.
-// Redrive moves dead letters back, body and attributes intact. QueueDepth
-// and Depth report the visible, in-flight and delayed counts for lag
-// metrics.
+// With SubscriberOptions.MaxAttempts > 0 a message is dead-lettered after
+// that many deliveries. In queue mode the queue gets a RedrivePolicy with
+// that maxReceiveCount, and SQS itself moves the message to the queue of
+// opts.DeadLetterTopic, which any subscriber of that topic reads. In
+// fan-out mode a RedrivePolicy cannot reach every group subscribed to the
+// dead-letter SNS topic, so the subscriber publishes a message that SQS
+// hands it for the (MaxAttempts+1)th time to that topic, with the
+// queuekit-original-topic, -dead-attempts and -dead-reason headers, and
+// deletes it; the RedrivePolicy (three receives later) only catches what it
+// failed to forward (see DeadLetterQueue). Subscribe a group to the
+// dead-letter topic before messages can die: SNS drops what is published to
+// a topic nobody subscribed to. Redrive moves dead letters back, body and
+// attributes intact. QueueDepth and Depth report the visible, in-flight and
+// delayed counts for lag metrics.
 //
 // # Messages on the wire
 //
@@ -85,7 +95,8 @@
 //	max_messages        messages per receive, 1-10 (10)
 //	pollers             concurrent receives per subscriber (2)
 //	max_extension       longest a delivery's visibility is extended (1h)
-//	max_message_size    largest message in bytes, up to 1048576 (262144)
+//	max_message_size    largest message (broker.Message.Size) in bytes, up to
+//	                    1048576 (262144; 194560 with fanout)
 //	create              false: never create queues, topics or subscriptions (true)
 //
 // A URL-opened broker turns the SDK's own retries off: errors carry a

@@ -26,10 +26,21 @@ import (
 // Scheme is the URL scheme this adapter registers: sqs://.
 const Scheme = "sqs"
 
-// DefaultMaxMessageSize is the size limit Publish enforces unless
-// Options.MaxMessageSize says otherwise: 256 KiB, body plus attributes, as
-// SQS counts them.
-const DefaultMaxMessageSize = 256 * 1024
+// Size limits. Publish refuses a message whose broker.Message.Size
+// (payload, key, ID and headers) is over Options.MaxMessageSize, whose
+// default is DefaultMaxMessageSize in queue mode and
+// DefaultFanOutMaxMessageSize in fan-out mode: SNS takes 256 KiB on the
+// wire, and a binary payload travels base64-encoded (4/3 of its size), so
+// 190 KiB is what always fits. On the wire a message may take up to
+// WireLimit in queue mode (queues the adapter creates accept 1 MiB) and
+// FanOutWireLimit through SNS; a message whose encoding is over that is
+// refused before any request too.
+const (
+	DefaultMaxMessageSize       = 256 * 1024
+	DefaultFanOutMaxMessageSize = 190 * 1024
+	WireLimit                   = 1024 * 1024
+	FanOutWireLimit             = 256 * 1024
+)
 
 // Defaults of the Options fields.
 const (
@@ -77,9 +88,10 @@ type Options struct {
 	// held unsettled longer than this is no longer extended and the queue
 	// redelivers it. Default 1h.
 	MaxExtension time.Duration
-	// MaxMessageSize is the largest message Publish sends, body plus
-	// attributes; default 256 KiB. SQS accepts up to 1 MiB on queues
-	// configured for it.
+	// MaxMessageSize is the largest message Publish sends, by
+	// broker.Message.Size; default DefaultMaxMessageSize (256 KiB), or
+	// DefaultFanOutMaxMessageSize (190 KiB) in fan-out mode. At most
+	// WireLimit (FanOutWireLimit in fan-out mode).
 	MaxMessageSize int
 	// NoCreate stops the broker from creating missing queues, topics and
 	// subscriptions; they must exist and a missing one is a NotFound error.
@@ -107,8 +119,15 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxExtension == 0 {
 		o.MaxExtension = DefaultMaxExtension
 	}
+	wire := WireLimit
 	if o.MaxMessageSize == 0 {
 		o.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if o.SNS != nil {
+		wire = FanOutWireLimit
+		if o.MaxMessageSize == DefaultMaxMessageSize {
+			o.MaxMessageSize = DefaultFanOutMaxMessageSize
+		}
 	}
 	if o.RequestTimeout == 0 {
 		o.RequestTimeout = DefaultRequestTimeout
@@ -122,8 +141,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, broker.Errorf(semantics.InvalidArgument, op, "MaxMessages %d is not within 1-10", o.MaxMessages)
 	case o.Pollers < 1:
 		return o, broker.Errorf(semantics.InvalidArgument, op, "Pollers %d must be at least 1", o.Pollers)
-	case o.MaxMessageSize < 1 || o.MaxMessageSize > 1024*1024:
-		return o, broker.Errorf(semantics.InvalidArgument, op, "MaxMessageSize %d is not within 1 B-1 MiB", o.MaxMessageSize)
+	case o.MaxMessageSize < 1 || o.MaxMessageSize > wire:
+		return o, broker.Errorf(semantics.InvalidArgument, op, "MaxMessageSize %d is not within 1-%d", o.MaxMessageSize, wire)
 	case o.MaxExtension < 0 || o.RequestTimeout < 0:
 		return o, broker.Errorf(semantics.InvalidArgument, op, "MaxExtension and RequestTimeout must not be negative")
 	}
@@ -189,7 +208,7 @@ func openURL(ctx context.Context, u *url.URL) (broker.Broker, error) {
 		MaxMessages:       p.Int("max_messages", DefaultMaxMessages),
 		Pollers:           p.Int("pollers", DefaultPollers),
 		MaxExtension:      p.Duration("max_extension", DefaultMaxExtension),
-		MaxMessageSize:    p.Int("max_message_size", DefaultMaxMessageSize),
+		MaxMessageSize:    p.Int("max_message_size", 0),
 		NoCreate:          !p.Bool("create", true),
 	}
 	if p.Duration("wait_time", DefaultWaitTime) == 0 {
@@ -289,6 +308,14 @@ func (b *Broker) checkOpen(op string) error {
 		return broker.WrapError(semantics.Closed, op, broker.ErrClosed)
 	}
 	return nil
+}
+
+// wireLimit is the most bytes a message may take on the wire.
+func (b *Broker) wireLimit() int {
+	if b.sns != nil {
+		return FanOutWireLimit
+	}
+	return WireLimit
 }
 
 // fifo reports whether the queue or topic that name maps to is FIFO.

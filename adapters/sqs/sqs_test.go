@@ -47,7 +47,7 @@ func TestOpenRejectsBadURLs(t *testing.T) {
 func TestCapabilities(t *testing.T) {
 	for params, want := range map[string]semantics.Capabilities{
 		"":                      {ConsumerGroups: true, CrashRedelivery: true, DelayedNack: true, AttemptCount: true, DeadLetter: true, NativeDeadLetter: true, MaxMessageSize: 262144},
-		"fanout=true&fifo=true": {ConsumerGroups: true, FanOut: true, PerKeyOrdering: true, CrashRedelivery: true, DelayedNack: true, AttemptCount: true, DeadLetter: true, NativeDeadLetter: true, MaxMessageSize: 262144},
+		"fanout=true&fifo=true": {ConsumerGroups: true, FanOut: true, PerKeyOrdering: true, CrashRedelivery: true, DelayedNack: true, AttemptCount: true, DeadLetter: true, NativeDeadLetter: true, MaxMessageSize: 194560},
 	} {
 		b, err := broker.Open(context.Background(), "sqs://?region=us-east-1&endpoint=http://127.0.0.1:9&"+params)
 		if err != nil {
@@ -62,21 +62,26 @@ func TestCapabilities(t *testing.T) {
 // A message over the limit fails the whole call before any request: the
 // broker points at a closed port, so any request would fail differently.
 func TestTooLargeRefusedBeforeAnyRequest(t *testing.T) {
-	b, err := broker.Open(context.Background(), "sqs://?endpoint=http://127.0.0.1:9")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := publisher(t, b)
-	for name, m := range map[string]*broker.Message{
-		"text over 256 KiB":               {Payload: bytes.Repeat([]byte("a"), 256*1024+1)},
-		"binary whose base64 is too long": {Payload: bytes.Repeat([]byte{0xff}, 200*1024)},
-		"headers push it over":            {Payload: bytes.Repeat([]byte("a"), 256*1024-100), Headers: map[string]string{"h": strings.Repeat("v", 200)}},
+	for _, tc := range []struct {
+		name, params string
+		msg          *broker.Message
+		max          int
+	}{
+		{"text over 256 KiB", "", &broker.Message{Payload: bytes.Repeat([]byte("a"), 256*1024+1)}, 256 * 1024},
+		{"headers push it over", "", &broker.Message{Payload: bytes.Repeat([]byte("a"), 256*1024-100), Headers: map[string]string{"h": strings.Repeat("v", 200)}}, 256 * 1024},
+		{"base64 over the 1 MiB wire limit", "&max_message_size=1048576", &broker.Message{Payload: bytes.Repeat([]byte{0}, 900*1024)}, 1024 * 1024},
+		{"over 190 KiB through SNS", "&fanout=true", &broker.Message{Payload: bytes.Repeat([]byte("a"), 190*1024+1)}, 190 * 1024},
 	} {
+		b, err := broker.Open(context.Background(), "sqs://?endpoint=http://127.0.0.1:9"+tc.params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := publisher(t, b)
 		ok := &broker.Message{Payload: []byte("fine")}
-		err := p.Publish(context.Background(), "q", ok, m)
+		err = p.Publish(context.Background(), "q", ok, tc.msg)
 		var tl *broker.TooLargeError
-		if !errors.Is(err, broker.ErrTooLarge) || !errors.As(err, &tl) || tl.ID != m.ID || tl.Max != 262144 {
-			t.Errorf("%s: Publish = %v, want a TooLargeError for message %s", name, err, m.ID)
+		if !errors.Is(err, broker.ErrTooLarge) || !errors.As(err, &tl) || tl.ID != tc.msg.ID || tl.Max != tc.max || tl.Size <= tc.max {
+			t.Errorf("%s: Publish = %v, want a TooLargeError for message %s over %d", tc.name, err, tc.msg.ID, tc.max)
 		}
 	}
 }

@@ -54,9 +54,20 @@ func (b *Broker) Subscribe(ctx context.Context, opts broker.SubscriberOptions) (
 	if opts.Ordering == semantics.PerKey && !fifo {
 		return nil, broker.Errorf(semantics.Unsupported, op, "per-key ordering needs FIFO queues: open the broker with fifo=true (Options.FIFO) or name a *.fifo queue")
 	}
-	spec := QueueSpec{FIFO: fifo, MaxReceiveCount: opts.MaxAttempts}
+	spec := QueueSpec{FIFO: fifo}
+	deadAfter := 0
 	if opts.MaxAttempts > 0 {
 		spec.DeadLetterQueue = b.DeadLetterQueue(opts)
+		spec.MaxReceiveCount = opts.MaxAttempts
+		if b.sns != nil {
+			// The subscriber forwards dead letters to the SNS topic; the
+			// RedrivePolicy only catches those it failed to forward.
+			deadAfter = opts.MaxAttempts
+			spec.MaxReceiveCount = opts.MaxAttempts + forwardTries
+			if _, err := b.topicARN(ctx, TopicName(opts.DeadLetterTopic, b.opts.FIFO)); err != nil {
+				return nil, err
+			}
+		}
 	}
 	name := b.SubscriptionQueue(opts.Topic, opts.Group)
 	info, err := b.EnsureQueue(ctx, name, spec)
@@ -85,6 +96,7 @@ func (b *Broker) Subscribe(ctx context.Context, opts broker.SubscriberOptions) (
 		queueURL:    info.URL,
 		vis:         time.Duration(visSecs) * time.Second,
 		visSecs:     visSecs,
+		deadAfter:   deadAfter,
 		ch:          make(chan *delivery, prefetch),
 		tokens:      make(chan struct{}, prefetch),
 		errs:        make(chan error, 1),
@@ -120,10 +132,16 @@ func (b *Broker) SubscriptionQueue(topic, group string) string {
 	return QueueName(topic, b.opts.FIFO)
 }
 
-// DeadLetterQueue returns the name of the queue that dead letters of a
-// subscription go to: the queue a subscriber of opts.DeadLetterTopic (in
-// the same group) reads, so subscribing to the dead-letter topic consumes
-// them. It is FIFO when the subscription's queue is.
+// DeadLetterQueue returns the name of the queue that the RedrivePolicy of
+// a subscription with MaxAttempts moves dead letters to. In queue mode that
+// is the dead-letter topic's queue, QueueName(opts.DeadLetterTopic), so
+// subscribing to the dead-letter topic consumes them. In fan-out mode the
+// subscriber itself publishes a message received more than MaxAttempts
+// times to the dead-letter SNS topic (a RedrivePolicy can only name a
+// queue, and every group subscribed to the dead-letter topic should get
+// it), and the RedrivePolicy, with forwardTries more receives, moves only
+// what it failed to forward, to GroupQueueName(opts.DeadLetterTopic,
+// opts.Group). It is FIFO when the subscription's queue is.
 func (b *Broker) DeadLetterQueue(opts broker.SubscriberOptions) string {
 	opts = opts.WithDefaults()
 	fifo := b.fifo(opts.Topic)
@@ -144,6 +162,9 @@ type Subscriber struct {
 	queueURL string
 	vis      time.Duration
 	visSecs  int32
+	// deadAfter > 0 (fan-out mode with MaxAttempts): deliveries with a
+	// higher Attempt are forwarded to the dead-letter topic, not handed out.
+	deadAfter int
 
 	ch      chan *delivery // received, not yet handed out
 	tokens  chan struct{}  // one per delivery that may be held unsettled
@@ -306,7 +327,41 @@ func (s *Subscriber) poll() {
 			s.mu.Lock()
 			s.outstanding[d] = struct{}{}
 			s.mu.Unlock()
+			if s.deadAfter > 0 && msg.Attempt > s.deadAfter {
+				s.forwardDead(d)
+				continue
+			}
 			s.ch <- d // never blocks: a token was taken for it
+		}
+	}
+}
+
+// forwardTries is how many times a fan-out subscriber tries to forward a
+// dead letter to the dead-letter topic before the queue's RedrivePolicy
+// moves it to the group's dead-letter queue instead.
+const forwardTries = 3
+
+// forwardDead publishes d, received more than MaxAttempts times, to the
+// dead-letter topic with the dead-letter headers, then deletes it. When
+// that fails, d becomes visible again after its timeout and is tried again.
+func (s *Subscriber) forwardDead(d *delivery) {
+	const op = "sqs: dead-letter"
+	m := d.msg
+	attempts := m.Attempt - 1
+	m.SetHeader(broker.HeaderOriginalTopic, s.opts.Topic)
+	m.SetHeader(broker.HeaderDeadAttempts, strconv.Itoa(attempts))
+	m.SetHeader(broker.HeaderDeadReason, "delivered "+strconv.Itoa(attempts)+" times (MaxAttempts) without an ack")
+	m.Topic, m.Attempt = "", 0
+	ctx, cancel := context.WithTimeout(s.pollCtx, s.b.opts.RequestTimeout)
+	defer cancel()
+	err := s.b.publish(ctx, op, s.opts.DeadLetterTopic, []*broker.Message{m})
+	if err == nil {
+		err = d.Ack(ctx)
+	}
+	if err != nil {
+		d.letGo()
+		if s.pollCtx.Err() == nil {
+			s.report(broker.WrapError(semantics.Transient, op+" to "+s.opts.DeadLetterTopic, err))
 		}
 	}
 }

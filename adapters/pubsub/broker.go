@@ -112,8 +112,9 @@ type Broker struct {
 	opts   Options
 	closed atomic.Bool
 
-	mu     sync.Mutex
-	topics map[string]bool // full topic names known to exist
+	mu       sync.Mutex
+	topics   map[string]bool // full topic names known to exist
+	attempts attempts
 }
 
 var _ broker.Broker = (*Broker)(nil)

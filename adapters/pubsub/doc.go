@@ -56,15 +56,22 @@
 //     is that a delayed delivery keeps its flow-control slot, and Close cuts
 //     the delay short (the message is nacked so another consumer can take
 //     it).
-//   - SubscriberOptions.AckTimeout sets the ack deadline of created
-//     subscriptions (10 s at least) and the length of each lease extension,
-//     so the messages of a consumer that died come back after about
-//     AckTimeout. Close nacks what is not settled: redelivery at once.
+//   - SubscriberOptions.AckTimeout (default ack_deadline, 10 s) sets the ack
+//     deadline of created subscriptions (10 s at least) and the length of
+//     each lease extension, so the messages of a consumer that died come
+//     back after about AckTimeout.
+//   - Close nacks every delivery not settled yet, waits for the client to
+//     send the last acks and nacks, and closes the stream. Pub/Sub
+//     redelivers the nacked messages at once, except one the server pushed
+//     into the closing stream meanwhile: that one comes back when its lease
+//     (AckTimeout) runs out. The SDK's other shutdown mode, which closes the
+//     stream first, is not used because it returns before the last acks
+//     are sent, and an ack that returned nil must not be lost.
 //   - Message.Attempt is Pub/Sub's DeliveryAttempt, which Pub/Sub reports
 //     only on subscriptions with a dead-letter policy. Without one, the
-//     subscriber counts the deliveries of each message it sees itself (a
-//     lower bound when several processes share the subscription; it starts
-//     again at 1 after a restart).
+//     Broker counts the deliveries its subscribers get of each message (a
+//     lower bound when other processes share the subscription; it starts
+//     again at 1 in a new process).
 //   - SubscriberOptions.MaxAttempts > 0 gives the subscription a
 //     DeadLetterPolicy to DeadLetterTopic (default "<topic>.dlq"), created
 //     along with a subscription of the same group on it, so that no dead

@@ -73,13 +73,17 @@ func (b *Broker) NewSubscriber(ctx context.Context, opts broker.SubscriberOption
 		rs.MaxExtension = b.opts.MaxExtension
 	}
 	rs.NumGoroutines = b.opts.Streams
+	// Each lease extension lasts AckTimeout (default the ack deadline), so
+	// the messages of a consumer that died, or that were in flight to a
+	// stream that closed, come back after about that long rather than after
+	// the SDK's default (the 99th percentile of ack latency, up to 10m).
+	per := b.opts.AckDeadline
 	if opts.AckTimeout > 0 {
-		// Each lease extension lasts AckTimeout, so the messages of a
-		// consumer that dies come back after about that long.
-		per := min(max(opts.AckTimeout.Round(time.Second), time.Second), 600*time.Second)
-		rs.MinDurationPerAckExtension = per
-		rs.MaxDurationPerAckExtension = per
+		per = opts.AckTimeout
 	}
+	per = min(max(per.Round(time.Second), time.Second), 600*time.Second)
+	rs.MinDurationPerAckExtension = per
+	rs.MaxDurationPerAckExtension = per
 	s.ReceiveSettings = rs
 
 	return &subscriber{
@@ -87,9 +91,10 @@ func (b *Broker) NewSubscriber(ctx context.Context, opts broker.SubscriberOption
 		sub:         s,
 		exactlyOnce: sub.EnableExactlyOnceDelivery,
 		counted:     sub.DeadLetterPolicy == nil,
+		subName:     sub.Name,
+		attempts:    &b.attempts,
 		ch:          make(chan *delivery),
 		closing:     make(chan struct{}),
-		attempts:    map[string]int{},
 	}, nil
 }
 
@@ -103,28 +108,25 @@ type subscriber struct {
 	topic       string
 	sub         *ps.Subscriber
 	exactlyOnce bool // Ack waits for the broker's confirmation
-	counted     bool // no DeadLetterPolicy: count attempts here
+	counted     bool // no DeadLetterPolicy: count attempts in the Broker
+	subName     string
+	attempts    *attempts
 
 	ch      chan *delivery
 	closing chan struct{}
 
-	mu       sync.Mutex
-	closed   bool
-	running  bool
-	cancel   context.CancelFunc
-	done     chan struct{} // closed when the running SDK Receive returns
-	err      error         // why the last SDK Receive failed, reported once
-	attempts map[string]int
+	mu      sync.Mutex
+	closed  bool
+	running bool
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the running SDK Receive returns
+	err     error         // why the last SDK Receive failed, reported once
 }
 
 var (
 	_ broker.Subscriber    = (*subscriber)(nil)
 	_ broker.BatchReceiver = (*subscriber)(nil)
 )
-
-// maxCounted bounds the attempt counts kept for subscriptions without a
-// dead-letter policy.
-const maxCounted = 1 << 16
 
 // start runs the SDK's Receive unless it runs already, and returns the
 // channel closed when it stops.
@@ -244,28 +246,40 @@ func (s *subscriber) Close(ctx context.Context) error {
 	}
 }
 
-// attempt counts the deliveries of message id seen by this subscriber, for
-// subscriptions without a dead-letter policy (Pub/Sub reports
-// DeliveryAttempt only with one).
-func (s *subscriber) attempt(id string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n, seen := s.attempts[id]
-	if !seen && len(s.attempts) >= maxCounted {
-		for k := range s.attempts { // forget one at random
-			delete(s.attempts, k)
+// attempts counts deliveries per subscription and message for subscriptions
+// without a dead-letter policy, where Pub/Sub reports no DeliveryAttempt: it
+// sees every delivery made by the subscribers of one Broker. Entries go at
+// Ack; at most maxCounted are kept (one is forgotten at random beyond).
+type attempts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// maxCounted bounds the attempt counts kept.
+const maxCounted = 1 << 16
+
+func (a *attempts) next(key string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.n == nil {
+		a.n = map[string]int{}
+	}
+	n, seen := a.n[key]
+	if !seen && len(a.n) >= maxCounted {
+		for k := range a.n {
+			delete(a.n, k)
 			break
 		}
 	}
 	n++
-	s.attempts[id] = n
+	a.n[key] = n
 	return n
 }
 
-func (s *subscriber) forget(id string) {
-	s.mu.Lock()
-	delete(s.attempts, id)
-	s.mu.Unlock()
+func (a *attempts) forget(key string) {
+	a.mu.Lock()
+	delete(a.n, key)
+	a.mu.Unlock()
 }
 
 // newDelivery converts m. Attributes become headers, except those the
@@ -306,7 +320,7 @@ func (s *subscriber) newDelivery(m *ps.Message) *delivery {
 	case m.DeliveryAttempt != nil:
 		msg.Attempt = *m.DeliveryAttempt
 	case s.counted:
-		msg.Attempt = s.attempt(m.ID)
+		msg.Attempt = s.attempts.next(s.subName + "\x00" + m.ID)
 	}
 	return d
 }
@@ -370,7 +384,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 		return errReleased
 	}
 	if d.s.counted {
-		d.s.forget(d.m.ID)
+		d.s.attempts.forget(d.s.subName + "\x00" + d.m.ID)
 	}
 	if r == nil {
 		return nil

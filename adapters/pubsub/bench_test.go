@@ -1,0 +1,221 @@
+package pubsub_test
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	ps "cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/pstest"
+	"github.com/google/uuid"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	qpubsub "github.com/queuekit/queuekit/adapters/pubsub"
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/internal/testenv"
+)
+
+// The benchmarks run against testenv.PubSub: an in-process pstest server
+// unless PUBSUB_EMULATOR_HOST points elsewhere. In process, the server's own
+// work (and allocations) is counted too, and pstest pushes one message per
+// stream every 10ms tick at best, so consuming measures mostly pstest; the
+// raw and queuekit rows use the same client settings (8 streams, SDK
+// batching defaults) and put the same message on the wire (payload, one
+// header, and the ID and publish-time attributes queuekit adds), so their
+// ratio is the adapter's overhead.
+
+const (
+	benchPayload = 256
+	benchBatch   = 100
+	benchStreams = 8
+)
+
+// benchClient returns an SDK client for a fresh in-process pstest server
+// (or PUBSUB_EMULATOR_HOST's emulator) and the queuekit broker over it. A
+// fresh server per run, because pstest keeps every message it was ever sent,
+// and a heap grown by the previous run would slow down the next one.
+func benchClient(b *testing.B) (*ps.Client, *qpubsub.Broker) {
+	b.Helper()
+	project, emulator := testenv.DefaultPubSubProject, ""
+	if os.Getenv("PUBSUB_EMULATOR_HOST") != "" || os.Getenv("QUEUEKIT_PUBSUB_PROJECT") != "" {
+		project, emulator = testenv.PubSub(b)
+	} else {
+		srv := pstest.NewServerWithAddress("127.0.0.1:0")
+		b.Cleanup(func() { _ = srv.Close() })
+		emulator = srv.Addr
+	}
+	var copts []option.ClientOption
+	if emulator != "" {
+		copts = append(copts, option.WithEndpoint(emulator), option.WithoutAuthentication(),
+			option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	}
+	c, err := ps.NewClient(context.Background(), project, copts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = c.Close() })
+	qb, err := qpubsub.New(c, qpubsub.Options{Streams: benchStreams})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c, qb
+}
+
+// measure runs fn, which handles n messages, and reports msgs/s and
+// allocs/msg (process-wide, so pstest's allocations are included).
+func measure(b *testing.B, n int, fn func()) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	b.ResetTimer()
+	start := time.Now()
+	fn()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(n)/elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(n), "allocs/msg")
+}
+
+func BenchmarkPubSubPublish(b *testing.B) {
+	ctx := context.Background()
+	payload := make([]byte, benchPayload)
+	b.Run("raw", func(b *testing.B) {
+		c, qb := benchClient(b)
+		topic := name("bench-pub-raw")
+		if err := qb.EnsureTopic(ctx, topic); err != nil {
+			b.Fatal(err)
+		}
+		p := c.Publisher(topic)
+		defer p.Stop()
+		results := make([]*ps.PublishResult, benchBatch)
+		measure(b, b.N, func() {
+			for i := 0; i < b.N; i += benchBatch {
+				k := min(benchBatch, b.N-i)
+				for j := range k {
+					// The same message on the wire as queuekit's: an ID and
+					// a publish time travel with the header.
+					results[j] = p.Publish(ctx, &ps.Message{Data: payload, Attributes: map[string]string{
+						"content-type":           "application/octet-stream",
+						broker.HeaderID:          uuid.NewString(),
+						broker.HeaderPublishedAt: time.Now().UTC().Format(time.RFC3339Nano),
+					}})
+				}
+				for _, r := range results[:k] {
+					if _, err := r.Get(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	})
+	b.Run("queuekit", func(b *testing.B) {
+		_, qb := benchClient(b)
+		topic := name("bench-pub-qk")
+		p, err := qb.NewPublisher(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close(ctx)
+		msgs := make([]*broker.Message, benchBatch)
+		measure(b, b.N, func() {
+			for i := 0; i < b.N; i += benchBatch {
+				k := min(benchBatch, b.N-i)
+				for j := range k {
+					msgs[j] = &broker.Message{Payload: payload, Headers: map[string]string{"content-type": "application/octet-stream"}}
+				}
+				if err := p.Publish(ctx, topic, msgs[:k]...); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+}
+
+// fill creates topic and a subscription on it, then publishes n messages.
+func fill(b *testing.B, qb *qpubsub.Broker, topic, sub string, n int) {
+	b.Helper()
+	ctx := context.Background()
+	if _, err := qb.EnsureSubscription(ctx, qpubsub.SubscriptionConfig{Name: sub, Topic: topic, Ordering: true}); err != nil {
+		b.Fatal(err)
+	}
+	p, err := qb.NewPublisher(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close(ctx)
+	payload := make([]byte, benchPayload)
+	for i := 0; i < n; i += benchBatch {
+		var msgs []*broker.Message
+		for range min(benchBatch, n-i) {
+			msgs = append(msgs, &broker.Message{Payload: payload, Headers: map[string]string{"content-type": "application/octet-stream"}})
+		}
+		if err := p.Publish(ctx, topic, msgs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkPubSubConsume(b *testing.B) {
+	b.Run("raw", func(b *testing.B) {
+		c, qb := benchClient(b)
+		topic := name("bench-sub-raw")
+		fill(b, qb, topic, qpubsub.DefaultSubscriptionName(topic, "default"), b.N)
+		s := c.Subscriber(qpubsub.DefaultSubscriptionName(topic, "default"))
+		s.ReceiveSettings.NumGoroutines = benchStreams
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		var got atomic.Int64
+		all := make(chan struct{})
+		errc := make(chan error, 1)
+		measure(b, b.N, func() {
+			go func() {
+				errc <- s.Receive(ctx, func(_ context.Context, m *ps.Message) {
+					m.Ack()
+					if got.Add(1) == int64(b.N) {
+						close(all)
+					}
+				})
+			}()
+			<-all
+		})
+		cancel()
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
+	})
+	b.Run("queuekit", func(b *testing.B) {
+		_, qb := benchClient(b)
+		topic := name("bench-sub-qk")
+		fill(b, qb, topic, qpubsub.DefaultSubscriptionName(topic, "default"), b.N)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		sub, err := qb.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sub.Close(context.Background())
+		var got atomic.Int64
+		all := make(chan struct{})
+		errc := make(chan error, 1)
+		h := broker.HandlerFunc(func(context.Context, *broker.Message) error {
+			if got.Add(1) == int64(b.N) {
+				close(all)
+			}
+			return nil
+		})
+		measure(b, b.N, func() {
+			go func() { errc <- broker.Consume(ctx, sub, h, broker.ConsumeOptions{Concurrency: 16}) }()
+			<-all
+		})
+		cancel()
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
+	})
+}

@@ -102,7 +102,8 @@ func produce(ctx context.Context, cl *kgo.Client, topic string, msgs []*Message)
 	return &broker.Error{Kind: broker.KindOf(pe.Failed[0].Err), Op: op, Err: pe}
 }
 
-// toRecords converts msgs into records sharing a few arena allocations.
+// toRecords converts msgs into records sharing a few arena allocations. An
+// empty topic sends each message to its own Topic.
 func toRecords(topic string, msgs []*Message) []kgo.Record {
 	nh, nb := 0, 0
 	for _, m := range msgs {
@@ -115,6 +116,9 @@ func toRecords(topic string, msgs []*Message) []kgo.Record {
 	for i, m := range msgs {
 		r := &recs[i]
 		r.Topic = topic
+		if topic == "" {
+			r.Topic = m.Topic
+		}
 		r.Value = m.Payload
 		r.Timestamp = m.PublishedAt
 		if m.Key != "" {

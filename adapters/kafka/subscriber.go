@@ -375,8 +375,22 @@ func (s *Subscriber) newDelivery(p *partition, r *kgo.Record) *delivery {
 	d := &delivery{p: p}
 	d.e = &d.ent
 	d.ent.off, d.ent.rec, d.ent.cur = r.Offset, r, d
-	m := &d.msg
-	m.Topic = s.opts.Topic
+	d.notBefore = decodeRecord(r, &d.msg, p.retry)
+	d.msg.Topic = s.opts.Topic
+	d.ent.base = d.msg.Attempt
+	if p.prior != nil {
+		d.msg.Attempt += p.prior[r.Offset] // deliveries before a crash or rebalance
+	}
+	return d
+}
+
+// decodeRecord fills m from r: the ID from the queuekit-id header (or
+// "topic/partition/offset" for a record from another producer), the attempt
+// from queuekit-attempt (1 without it), the other headers as Headers. On a
+// retry-topic record it strips the retry headers and returns when the record
+// is due (unix nanos).
+func decodeRecord(r *kgo.Record, m *broker.Message, retry bool) (notBefore int64) {
+	m.Topic = r.Topic
 	if len(r.Key) > 0 {
 		m.Key = string(r.Key)
 	}
@@ -392,15 +406,13 @@ func (s *Subscriber) newDelivery(p *partition, r *kgo.Record) *delivery {
 				m.Attempt = n
 			}
 		case headerRetryAt, broker.HeaderOriginalTopic:
-			if p.retry {
-				if h.Key == headerRetryAt {
-					if ms, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
-						d.notBefore = ms * int64(time.Millisecond)
-					}
+			if !retry {
+				m.SetHeader(h.Key, string(h.Value))
+			} else if h.Key == headerRetryAt {
+				if ms, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
+					notBefore = ms * int64(time.Millisecond)
 				}
-				continue
 			}
-			m.SetHeader(h.Key, string(h.Value))
 		default:
 			m.SetHeader(h.Key, string(h.Value))
 		}
@@ -409,11 +421,7 @@ func (s *Subscriber) newDelivery(p *partition, r *kgo.Record) *delivery {
 		// A record from another producer: its position is its identity.
 		m.ID = r.Topic + "/" + strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10)
 	}
-	d.ent.base = m.Attempt
-	if p.prior != nil {
-		m.Attempt += p.prior[r.Offset] // deliveries before a crash or rebalance
-	}
-	return d
+	return notBefore
 }
 
 // holdLocked parks d in its partition's hold queue, pausing the partition so

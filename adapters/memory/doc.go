@@ -26,7 +26,10 @@
 // message (fan-out). A group receives the messages published after it was
 // created (by the first NewSubscriber naming it), and keeps receiving them
 // while it has no subscriber, like a durable subscription: it lives as long
-// as the broker. One exception keeps messages from being lost: messages
+// as the broker. This is what Pub/Sub subscriptions, RabbitMQ queues bound to
+// an exchange and SQS queues subscribed to SNS do, so code tested on mem://
+// behaves the same on them; retaining every message for groups that might
+// appear later would need unbounded memory. One exception keeps messages from being lost: messages
 // published to a topic that has no group yet are held (within the buffer
 // bound) and go to the first group created on the topic. So "publish, then
 // subscribe" works for one group, and a dead-letter topic that nobody

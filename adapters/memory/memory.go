@@ -262,6 +262,7 @@ func release(b *Broker) {
 	}
 }
 
+// String names the broker: "mem://NAME" when opened by URL.
 func (b *Broker) String() string {
 	if b.registered {
 		return fmt.Sprintf("mem://%s", b.name)

@@ -4,9 +4,11 @@ import "sort"
 
 // GroupStats is a snapshot of one consumer group, for metrics and lag.
 type GroupStats struct {
+	// Topic the group consumes.
 	Topic string
 	// Group is "" for the messages of a topic that has no group yet.
-	Group       string
+	Group string
+	// Subscribers currently open in the group.
 	Subscribers int
 	// Ready messages wait for a subscriber.
 	Ready int

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -174,7 +175,11 @@ func (opts Options) withDefaults(op string) (Options, error) {
 func open(ctx context.Context, u *url.URL) (broker.Broker, error) {
 	const op = "gcppubsub: open"
 	project := u.Host
-	if project == "" || (u.Path != "" && u.Path != "/") {
+	switch {
+	case u.User != nil:
+		return nil, broker.Errorf(semantics.InvalidArgument, op,
+			"gcppubsub URLs carry no credentials (got %s): use Application Default Credentials, or New with a configured client", u.Redacted())
+	case project == "" || u.Port() != "" || (u.Path != "" && u.Path != "/"):
 		return nil, broker.Errorf(semantics.InvalidArgument, op,
 			"want gcppubsub://PROJECT?params, got %s (the project ID is the host part)", u.Redacted())
 	}
@@ -213,6 +218,9 @@ func open(ctx context.Context, u *url.URL) (broker.Broker, error) {
 	}
 	var copts []option.ClientOption
 	where := "the Pub/Sub service"
+	if env := os.Getenv("PUBSUB_EMULATOR_HOST"); env != "" {
+		where = "the Pub/Sub emulator at PUBSUB_EMULATOR_HOST=" + env
+	}
 	if emulator != "" {
 		where = "the Pub/Sub emulator at " + emulator
 		copts = append(copts,

@@ -53,9 +53,9 @@
 //     IDs (so one ModifyAckDeadline(delay) call is not possible without
 //     taking over lease management), and a RetryPolicy is one backoff per
 //     subscription, not per Nack, and is not implemented by pstest. The cost
-//     is that a delayed delivery keeps its flow-control slot, and Close cuts
-//     the delay short (the message is nacked so another consumer can take
-//     it).
+//     is that a delayed delivery keeps its flow-control slot, that a delay
+//     is cut to what is left of max_extension, and that Close cuts the
+//     delay short (the message is nacked so another consumer can take it).
 //   - SubscriberOptions.AckTimeout (default ack_deadline, 10 s) sets the ack
 //     deadline of created subscriptions (10 s at least) and the length of
 //     each lease extension, so the messages of a consumer that died come

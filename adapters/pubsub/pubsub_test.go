@@ -158,11 +158,16 @@ func TestOpenErrors(t *testing.T) {
 		{"gcppubsub://p?streams=-1", "must not be negative"},
 		{"gcppubsub://p?max_message_size=10000000", "MaxMessageSize 10000000 is outside 0..9995904"},
 		{"gcppubsub:///p", "the project ID is the host part"},
+		{"gcppubsub://p:8085", "the project ID is the host part"},
+		{"gcppubsub://user:secret@p", "carry no credentials (got gcppubsub://user:xxxxx@p)"},
 		{"gcppubsub://p/extra", "the project ID is the host part"},
 	} {
 		_, err := broker.Open(ctx, tc.url)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || broker.KindOf(err) != semantics.InvalidArgument {
 			t.Errorf("Open(%s) = %v, want an invalid-argument error containing %q", tc.url, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("Open(%s) error shows the password: %v", tc.url, err)
 		}
 	}
 }
@@ -568,5 +573,29 @@ func TestNewValidates(t *testing.T) {
 	}
 	if got := qpubsub.DefaultSubscriptionName(strings.Repeat("t", 300), "g"); len(got) != 255 {
 		t.Errorf("long name is %d characters, want 255", len(got))
+	}
+}
+
+func TestReceiveReportsDeletedSubscription(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("deleted")
+	sub := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic, Group: "g"})
+	if err := b.DeleteSubscription(ctx, qpubsub.DefaultSubscriptionName(topic, "g")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := sub.Receive(ctx)
+	if broker.KindOf(err) != semantics.NotFound {
+		t.Fatalf("Receive on a deleted subscription = %v (kind %v), want not found", err, broker.KindOf(err))
+	}
+}
+
+func TestPublishToMissingTopicWithoutCreate(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t, "create=false")
+	err := newPublisher(t, b).Publish(ctx, name("absent"), &broker.Message{Payload: []byte("x")})
+	var pe *broker.PublishError
+	if !errors.As(err, &pe) || broker.KindOf(err) != semantics.NotFound {
+		t.Fatalf("Publish to a missing topic = %v, want a PublishError of kind not found", err)
 	}
 }

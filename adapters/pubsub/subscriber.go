@@ -252,17 +252,20 @@ func (s *subscriber) Close(ctx context.Context) error {
 // Ack; at most maxCounted are kept (one is forgotten at random beyond).
 type attempts struct {
 	mu sync.Mutex
-	n  map[string]int
+	n  map[attemptKey]int
 }
+
+// attemptKey is a subscription's full name and a Pub/Sub message ID.
+type attemptKey struct{ sub, id string }
 
 // maxCounted bounds the attempt counts kept.
 const maxCounted = 1 << 16
 
-func (a *attempts) next(key string) int {
+func (a *attempts) next(key attemptKey) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.n == nil {
-		a.n = map[string]int{}
+		a.n = map[attemptKey]int{}
 	}
 	n, seen := a.n[key]
 	if !seen && len(a.n) >= maxCounted {
@@ -276,7 +279,7 @@ func (a *attempts) next(key string) int {
 	return n
 }
 
-func (a *attempts) forget(key string) {
+func (a *attempts) forget(key attemptKey) {
 	a.mu.Lock()
 	delete(a.n, key)
 	a.mu.Unlock()
@@ -320,7 +323,7 @@ func (s *subscriber) newDelivery(m *ps.Message) *delivery {
 	case m.DeliveryAttempt != nil:
 		msg.Attempt = *m.DeliveryAttempt
 	case s.counted:
-		msg.Attempt = s.attempts.next(s.subName + "\x00" + m.ID)
+		msg.Attempt = s.attempts.next(attemptKey{s.subName, m.ID})
 	}
 	return d
 }
@@ -384,7 +387,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 		return errReleased
 	}
 	if d.s.counted {
-		d.s.attempts.forget(d.s.subName + "\x00" + d.m.ID)
+		d.s.attempts.forget(attemptKey{d.s.subName, d.m.ID})
 	}
 	if r == nil {
 		return nil

@@ -40,11 +40,16 @@ const (
 	maxOrderingKey    = 1024
 )
 
-// Defaults used when Options leave a field zero.
+// Defaults used when Options (or URL parameters) leave a value unset.
 const (
-	DefaultAckDeadline            = 10 * time.Second
+	// DefaultAckDeadline is the ack deadline of created subscriptions and
+	// the length of each lease extension.
+	DefaultAckDeadline = 10 * time.Second
+	// DefaultMaxOutstandingMessages bounds the deliveries a subscriber
+	// holds unsettled.
 	DefaultMaxOutstandingMessages = 1000
-	DefaultDialTimeout            = 10 * time.Second
+	// DefaultDialTimeout bounds Open's reachability check.
+	DefaultDialTimeout = 10 * time.Second
 )
 
 func init() { broker.Register(Scheme, broker.DriverFunc(open)) }

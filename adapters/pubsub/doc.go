@@ -34,6 +34,11 @@
 //     When a publish of a key fails, the client pauses that key; Publish
 //     resumes it after reporting the failure, so publishing again works.
 //     With ordering=false the key travels as the queuekit-key attribute.
+//     Pub/Sub keeps the order of a key among messages published in one
+//     region: publishers that must not lose it use a regional endpoint
+//     (New with option.WithEndpoint("REGION-pubsub.googleapis.com:443")).
+//     Ordering cannot be enabled on a subscription that exists without it;
+//     SubscriberOptions.Ordering = PerKey on such a one is an error.
 //   - Receive is the client's streaming pull. Each delivery keeps its
 //     flow-control slot until it is settled, so MaxOutstandingMessages
 //     (SubscriberOptions.Prefetch, default 1000) and MaxOutstandingBytes
@@ -108,6 +113,6 @@
 //	batch_count               messages per publish request (default 100, at most 1000)
 //	batch_bytes               bytes per publish request (default 1e6)
 //	retry_min_backoff         RetryPolicy minimum backoff of created subscriptions (default none)
-//	max_message_size          lower size limit for servers that take less than 10 MB (pstest: 4 MiB per request)
 //	retry_max_backoff         RetryPolicy maximum backoff (default none; Pub/Sub's default 600s when only the minimum is set)
+//	max_message_size          lower size limit for servers that take less than 10 MB (pstest: 4 MiB per request)
 package pubsub

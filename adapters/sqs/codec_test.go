@@ -112,8 +112,8 @@ func TestCodecPacksOnlyWhatDoesNotFit(t *testing.T) {
 // MessageGroupId its key, every attribute a header.
 func TestDecodeForeignMessage(t *testing.T) {
 	got, err := decode(types.Message{
-		MessageId: aws.String("abc"),
-		Body:      aws.String("hi"),
+		MessageId:  aws.String("abc"),
+		Body:       aws.String("hi"),
 		Attributes: map[string]string{"ApproximateReceiveCount": "2", "SentTimestamp": "1700000000123", "MessageGroupId": "g"},
 		MessageAttributes: map[string]types.MessageAttributeValue{
 			"n": {DataType: aws.String("Number.int"), StringValue: aws.String("7")},

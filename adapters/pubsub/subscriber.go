@@ -81,7 +81,7 @@ func (b *Broker) NewSubscriber(ctx context.Context, opts broker.SubscriberOption
 	if opts.AckTimeout > 0 {
 		per = opts.AckTimeout
 	}
-	per = min(max((per + time.Second - 1).Truncate(time.Second), time.Second), 600*time.Second)
+	per = min(max((per+time.Second-1).Truncate(time.Second), time.Second), 600*time.Second)
 	rs.MinDurationPerAckExtension = per
 	rs.MaxDurationPerAckExtension = per
 	s.ReceiveSettings = rs

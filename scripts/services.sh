@@ -26,6 +26,18 @@ start() { # name port command...
   wait_port "$port" 30 || echo "services: $name did not answer on 127.0.0.1:$port"
 }
 
+# Command-line clients the interop tests drive (kcat for Kafka, the aws CLI for
+# SQS), from Debian's packages when missing and we may install.
+need_pkgs=()
+command -v kcat >/dev/null 2>&1 || need_pkgs+=(kcat)
+command -v aws >/dev/null 2>&1 || need_pkgs+=(awscli)
+if [ ${#need_pkgs[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "services: installing ${need_pkgs[*]}"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"; }; } >/dev/null 2>&1 ||
+    echo "services: could not install ${need_pkgs[*]}; their interop tests will skip (fail under CI=true)"
+fi
+
 start PostgreSQL 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql 2>/dev/null | head -1)" main start
 start Redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
 start RabbitMQ 5672 rabbitmq-server -detached

@@ -1,0 +1,184 @@
+// Package wmamqp opens a queuekit broker over watermill-amqp
+// (github.com/ThreeDotsLabs/watermill-amqp/v3), through the bridge in
+// package watermill, so that queuekit code (Consume, the middleware, the
+// conformance suite) runs on a Watermill RabbitMQ setup.
+//
+// # Topology and settings
+//
+// By default (Config) it uses watermill-amqp's NewDurablePubSubConfig — a
+// durable fanout exchange per topic, a durable classic queue per consumer
+// group named QueueName(topic, group), persistent messages, prefetch 1 per
+// subscription — with publisher confirms (Publish.ConfirmDelivery) and a pool
+// of publishing channels (Publish.ChannelPoolSize). One AMQP connection is
+// shared by the publisher and every subscriber of a Broker.
+//
+// # Delivery semantics (measured by the conformance suite)
+//
+//   - Publish returns once RabbitMQ confirmed each message, one message at a
+//     time (watermill-amqp waits for each confirmation before the next
+//     publish). A message published to a topic no group subscribes to yet
+//     is dropped by RabbitMQ: there is no queue bound to the exchange.
+//   - A queuekit subscriber makes SubscriberOptions.Prefetch Subscribe calls
+//     (default watermill.DefaultPrefetch), one AMQP channel and consumer each,
+//     since watermill-amqp hands out the next message of a subscription only
+//     after the previous one was settled. They and the subscribers of the same
+//     group compete for the group's queue (ConsumerGroups); every group gets
+//     every message (FanOut).
+//   - Ack acks; Nack requeues (after the delay, held by the bridge; the
+//     subscription it came from hands out nothing else meanwhile). Deliveries
+//     not settled when a subscriber closes or its connection drops are
+//     requeued by RabbitMQ (CrashRedelivery).
+//   - No order is claimed (several consumers per queue, requeues), no
+//     attempt count (watermill-amqp's classic queues have none; it only marks
+//     redeliveries with the _watermill_amqp_redelivered metadata, which
+//     arrives as a header) and no dead-lettering.
+//   - Messages over MaxMessageSize (default RabbitMQ's 128 MiB) fail before
+//     any I/O.
+//
+// Credentials never appear in errors.
+package wmamqp
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"strings"
+	"time"
+
+	wm "github.com/ThreeDotsLabs/watermill"
+	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/adapters/watermill"
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/semantics"
+)
+
+// Capabilities are the claims watermill-amqp keeps with the default Config
+// (see the package doc).
+var Capabilities = semantics.Capabilities{ConsumerGroups: true, FanOut: true, CrashRedelivery: true, PerKeyOrdering: true}
+
+// DefaultMaxMessageSize is RabbitMQ's default max_message_size, 128 MiB.
+const DefaultMaxMessageSize = 128 << 20
+
+// DefaultChannelPoolSize is the number of publishing channels of Config.
+const DefaultChannelPoolSize = 16
+
+// Options configure New. The zero value uses Config(url).
+type Options struct {
+	// Config replaces Config(url) as the watermill-amqp configuration. Its
+	// Queue.GenerateName is set per subscription to QueueName with the
+	// subscription's group.
+	Config *wamqp.Config
+	// Logger receives watermill-amqp's logs; default none.
+	Logger wm.LoggerAdapter
+	// MaxMessageSize is the largest message Publish accepts; default
+	// DefaultMaxMessageSize.
+	MaxMessageSize int
+
+	// declared, when set, is told every queue and exchange the broker may
+	// declare (tests delete them afterwards).
+	declared func(queue, exchange string)
+}
+
+// Config returns watermill-amqp's durable pub/sub configuration
+// (NewDurablePubSubConfig) with publisher confirms, DefaultChannelPoolSize
+// publishing channels, and dials bounded by 10 s with a 10 s heartbeat.
+func Config(amqpURL string) wamqp.Config {
+	c := wamqp.NewDurablePubSubConfig(amqpURL, nil)
+	c.Publish.ConfirmDelivery = true
+	c.Publish.ChannelPoolSize = DefaultChannelPoolSize
+	c.Connection.AmqpConfig = &amqp091.Config{
+		Dial:      amqp091.DefaultDial(10 * time.Second),
+		Heartbeat: 10 * time.Second,
+		Locale:    "en_US",
+	}
+	return c
+}
+
+// QueueName is the queue of group on topic: "<topic>_<group>", as
+// watermill-amqp's GenerateQueueNameTopicNameWithSuffix names it.
+func QueueName(topic, group string) string {
+	return wamqp.GenerateQueueNameTopicNameWithSuffix(group)(topic)
+}
+
+// New connects to RabbitMQ at amqpURL and returns a queuekit broker over
+// watermill-amqp, claiming Capabilities.
+func New(amqpURL string, opts Options) (*watermill.Broker, error) {
+	const op = "watermill-amqp: open"
+	cfg := Config(amqpURL)
+	if opts.Config != nil {
+		cfg = *opts.Config
+	}
+	if opts.Logger == nil {
+		opts.Logger = wm.NopLogger{}
+	}
+	if opts.MaxMessageSize == 0 {
+		opts.MaxMessageSize = DefaultMaxMessageSize
+	}
+	conn, err := wamqp.NewConnection(cfg.Connection, opts.Logger)
+	if err != nil {
+		return nil, broker.WrapError(semantics.Transient, op, redact(err, cfg.Connection.AmqpURI))
+	}
+	pub, err := wamqp.NewPublisherWithConnection(cfg, opts.Logger, conn)
+	if err != nil {
+		_ = conn.Close()
+		return nil, broker.WrapError(semantics.InvalidArgument, op, redact(err, cfg.Connection.AmqpURI))
+	}
+	declared := opts.declared
+	var wpub message.Publisher = pub
+	if declared != nil {
+		wpub = declaring{pub, cfg, declared}
+	}
+	return watermill.New(watermill.Options{
+		Name:      "watermill-amqp",
+		Publisher: wpub,
+		NewSubscriber: func(_ context.Context, o broker.SubscriberOptions) (message.Subscriber, error) {
+			c := cfg
+			c.Queue.GenerateName = wamqp.GenerateQueueNameTopicNameWithSuffix(o.Group)
+			if o.Ordering == semantics.PerKey {
+				args := amqp091.Table{"x-single-active-consumer": true}
+				for k, v := range c.Queue.Arguments {
+					args[k] = v
+				}
+				c.Queue.Arguments = args
+			}
+			if declared != nil {
+				declared(c.Queue.GenerateName(o.Topic), c.Exchange.GenerateName(o.Topic))
+			}
+			return wamqp.NewSubscriberWithConnection(c, opts.Logger, conn)
+		},
+		Competing:      true,
+		Capabilities:   Capabilities,
+		MaxMessageSize: opts.MaxMessageSize,
+		OnClose:        conn.Close,
+	})
+}
+
+// declaring tells Options.declared about the exchanges Publish declares.
+type declaring struct {
+	*wamqp.Publisher
+	cfg      wamqp.Config
+	declared func(queue, exchange string)
+}
+
+func (d declaring) Publish(topic string, msgs ...*message.Message) error {
+	if d.declared != nil {
+		d.declared("", d.cfg.Exchange.GenerateName(topic))
+	}
+	return d.Publisher.Publish(topic, msgs...)
+}
+
+// redact removes the URL's password from err's text.
+func redact(err error, rawURL string) error {
+	u, perr := url.Parse(rawURL)
+	if perr != nil {
+		return err
+	}
+	pw, ok := u.User.Password()
+	if !ok || pw == "" || !strings.Contains(err.Error(), pw) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
+}

@@ -67,8 +67,8 @@ func CrashAfterClaim(t *testing.T, e *Env, store broker.IdempotencyStore, lease 
 
 // DuplicateInFlight publishes a message twice (one ID, no key) and consumes
 // with two handlers at once: the second copy arrives while the first is being
-// handled. The first copy's handler waits until the second copy has been
-// dealt with, then succeeds — or fails, when firstFails. It returns once both
+// handled. The handler of the copy that claimed the message waits until the
+// other copy has been dealt with, then succeeds — or fails, when firstFails. It returns once both
 // copies were acked. A correct store gives Handled 1 either way (the second
 // copy is deferred, not acked as done); the naive SETNX gives Handled 0 when
 // the first copy fails: the second was acked as a duplicate, and the
@@ -80,14 +80,16 @@ func DuplicateInFlight(t *testing.T, e *Env, store broker.IdempotencyStore, firs
 	id := "dup-" + Unique()
 	e.Publish(t, topic, &broker.Message{ID: id}, &broker.Message{ID: id})
 
-	var runs, handled, deferred, acked, calls atomic.Int32
-	secondDone := make(chan struct{})
+	var runs, handled, deferred, acked atomic.Int32
+	var holder atomic.Pointer[broker.Message] // the delivery whose handler holds the claim
+	otherDone := make(chan struct{})          // closed when a copy other than holder's was dealt with
 	var once sync.Once
 	h := broker.Idempotent(store, broker.IdempotencyOptions{Lease: time.Minute, InFlightDelay: 50 * time.Millisecond})(broker.HandlerFunc(
 		func(ctx context.Context, m *broker.Message) error {
 			if runs.Add(1) == 1 {
+				holder.Store(m)
 				select {
-				case <-secondDone:
+				case <-otherDone:
 				case <-ctx.Done():
 					return ctx.Err()
 				}
@@ -99,10 +101,9 @@ func DuplicateInFlight(t *testing.T, e *Env, store broker.IdempotencyStore, firs
 			return nil
 		}))
 	outer := broker.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
-		second := calls.Add(1) == 2
 		err := h.Handle(ctx, m)
-		if second {
-			once.Do(func() { close(secondDone) })
+		if holder.Load() != m {
+			once.Do(func() { close(otherDone) })
 		}
 		return err
 	})

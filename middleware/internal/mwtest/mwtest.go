@@ -130,6 +130,9 @@ func Consume(t *testing.T, sub broker.Subscriber, h broker.Handler, opts broker.
 	if opts.OnError == nil {
 		opts.OnError = func(*broker.Message, error) {} // failures are the point of these tests
 	}
+	if opts.ShutdownTimeout == 0 {
+		opts.ShutdownTimeout = 5 * time.Second // a stuck handler fails the test sooner
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- broker.Consume(ctx, sub, h, opts) }()

@@ -67,7 +67,11 @@ func (c *connector) install(conn *amqp.Connection) {
 	c.conn = conn
 	c.gen++
 	c.lastErr = nil
-	close(c.ready)
+	select {
+	case <-c.ready:
+	default:
+		close(c.ready)
+	}
 	closes := conn.NotifyClose(make(chan *amqp.Error, 1))
 	go c.watch(conn, closes)
 }
@@ -81,16 +85,21 @@ func (c *connector) watch(conn *amqp.Connection, closes <-chan *amqp.Error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var err error = fmt.Errorf("connection closed")
+	if cause != nil {
+		err = cause
+	}
+	c.lostLocked(conn, err)
+}
+
+// lostLocked forgets conn, once, and starts reconnecting. c.mu is held.
+func (c *connector) lostLocked(conn *amqp.Connection, cause error) {
 	if c.closed || c.conn != conn {
 		return
 	}
 	c.conn = nil
 	c.ready = make(chan struct{})
-	if cause != nil {
-		c.lastErr = cause
-	} else {
-		c.lastErr = fmt.Errorf("connection closed")
-	}
+	c.lastErr = cause
 	if c.dial == nil {
 		c.log.Warn("queuekit/rabbitmq: connection lost and Options.Redial is nil: not reconnecting", "role", c.name, "error", c.lastErr)
 		return
@@ -160,10 +169,16 @@ func (c *connector) get(ctx context.Context) (*amqp.Connection, uint64, error) {
 			c.mu.Unlock()
 			return nil, 0, broker.ErrClosed
 		}
-		if c.conn != nil && !c.conn.IsClosed() {
-			conn, gen := c.conn, c.gen
+		if c.conn != nil {
+			if !c.conn.IsClosed() {
+				conn, gen := c.conn, c.gen
+				c.mu.Unlock()
+				return conn, gen, nil
+			}
+			// Closed, and watch has not noticed yet.
+			c.lostLocked(c.conn, fmt.Errorf("connection closed"))
 			c.mu.Unlock()
-			return conn, gen, nil
+			continue
 		}
 		if c.conn == nil && c.dial == nil {
 			err := c.lastErr

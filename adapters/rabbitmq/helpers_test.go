@@ -24,8 +24,9 @@ func uniq(prefix string) string {
 // cleanup collects the queues a test declares and deletes them at the end,
 // so that the shared server does not fill up.
 type cleanup struct {
-	mu     sync.Mutex
-	queues map[string]bool
+	mu        sync.Mutex
+	queues    map[string]bool
+	exchanges []string
 }
 
 func (c *cleanup) add(q string) {
@@ -40,7 +41,7 @@ func (c *cleanup) add(q string) {
 func (c *cleanup) run(t testing.TB, url string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.queues) == 0 {
+	if len(c.queues) == 0 && len(c.exchanges) == 0 {
 		return
 	}
 	conn, err := amqp.Dial(url)
@@ -60,6 +61,17 @@ func (c *cleanup) run(t testing.TB, url string) {
 		}
 		ch.Close()
 	}
+	for _, x := range c.exchanges {
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Logf("cleanup: %v", err)
+			return
+		}
+		if err := ch.ExchangeDelete(x, false, false); err != nil {
+			t.Logf("cleanup: delete exchange %s: %v", x, err)
+		}
+		ch.Close()
+	}
 }
 
 // openBroker dials the test server with opts (and params appended to the
@@ -69,6 +81,9 @@ func openBroker(t testing.TB, params string, opts Options) *Broker {
 	url := testenv.RabbitMQ(t)
 	c := &cleanup{}
 	opts.onDeclare = c.add
+	if opts.Exchange != "" {
+		c.exchanges = append(c.exchanges, opts.Exchange)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	u := url

@@ -2,7 +2,10 @@ package rabbitmq
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,5 +70,281 @@ func TestUnroutablePublishIsNotFound(t *testing.T) {
 	lax := openBroker(t, "mandatory=false", Options{})
 	if err := newPub(t, lax).Publish(ctxT(t, 5*time.Second), uniq("nobody"), &broker.Message{}); err != nil {
 		t.Errorf("mandatory=false Publish = %v, want nil", err)
+	}
+}
+
+func TestNackDelayWaitsThenCountsAttempts(t *testing.T) {
+	b := openBroker(t, "", Options{})
+	topic := uniq("delay")
+	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic})
+	if err := newPub(t, b).Publish(ctxT(t, 5*time.Second), topic, &broker.Message{ID: "d", Key: "k", Headers: map[string]string{"h": "v"}}); err != nil {
+		t.Fatal(err)
+	}
+	d := receive(t, sub, 5*time.Second)
+	nackedAt := time.Now()
+	if err := d.Nack(ctxT(t, 5*time.Second), 300*time.Millisecond); err != nil {
+		t.Fatalf("Nack(300ms): %v", err)
+	}
+	d = receive(t, sub, 10*time.Second)
+	if waited := time.Since(nackedAt); waited < 300*time.Millisecond {
+		t.Errorf("redelivered %v after Nack(300ms)", waited)
+	}
+	m := d.Message()
+	if m.ID != "d" || m.Key != "k" || m.Attempt != 2 || len(m.Headers) != 1 || m.Headers["h"] != "v" {
+		t.Errorf("after a delayed nack: id=%q key=%q attempt=%d headers=%v, want d, k, 2, h=v only", m.ID, m.Key, m.Attempt, m.Headers)
+	}
+	if err := d.Nack(ctxT(t, time.Second), 0); err != nil {
+		t.Fatal(err)
+	}
+	d = receive(t, sub, 5*time.Second)
+	if d.Message().Attempt != 3 {
+		t.Errorf("Attempt after delayed nack then nack = %d, want 3", d.Message().Attempt)
+	}
+	_ = d.Ack(ctxT(t, time.Second))
+}
+
+func TestDelayMillis(t *testing.T) {
+	for in, want := range map[time.Duration]int64{
+		0: 1, time.Microsecond: 1, 99 * time.Millisecond: 99, 100 * time.Millisecond: 100,
+		1234 * time.Millisecond: 1300, time.Second: 1000, 1001 * time.Millisecond: 1100,
+		time.Minute + time.Millisecond: 61000, 99999 * time.Millisecond: 100000,
+	} {
+		if got := delayMillis(in); got != want {
+			t.Errorf("delayMillis(%v) = %d, want %d", in, got, want)
+		}
+	}
+}
+
+// dead-letter queue of group g for topic: declared with the group's queue.
+func dlqSub(t *testing.T, b *Broker, topic, group string) broker.Subscriber {
+	return newSub(t, b, broker.SubscriberOptions{Topic: topic + ".dlq", Group: group})
+}
+
+func TestDeadLetterAfterDelayedNacksKeepsReasonAndTopic(t *testing.T) {
+	b := openBroker(t, "", Options{})
+	topic := uniq("dlq")
+	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic, Group: "g", MaxAttempts: 3})
+	if err := newPub(t, b).Publish(ctxT(t, 5*time.Second), topic, &broker.Message{ID: "x", Payload: []byte("p"), Headers: map[string]string{"a": "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	for want := 1; want <= 3; want++ {
+		d := receive(t, sub, 10*time.Second)
+		if got := d.Message().Attempt; got != want {
+			t.Fatalf("Attempt = %d, want %d", got, want)
+		}
+		if err := d.Nack(ctxT(t, 5*time.Second), 50*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Nobody subscribed to the dead-letter topic before: the group's
+	// dead-letter queue, declared with the group's queue, kept it.
+	dead := receive(t, dlqSub(t, b, topic, "g"), 10*time.Second).Message()
+	if dead.ID != "x" || string(dead.Payload) != "p" || dead.Header("a") != "b" {
+		t.Errorf("dead letter = %+v", dead)
+	}
+	if !strings.HasPrefix(dead.Header(broker.HeaderDeadReason), "rejected") || dead.Header(broker.HeaderOriginalTopic) != topic {
+		t.Errorf("dead letter headers = %v, want reason rejected and original topic %s", dead.Headers, topic)
+	}
+}
+
+func TestDeadLetterNativelyWhenConsumersKeepCrashing(t *testing.T) {
+	b := openBroker(t, "", Options{})
+	topic := uniq("crashdlq")
+	opts := broker.SubscriberOptions{Topic: topic, Group: "g", MaxAttempts: 2}
+	if s, err := b.NewSubscriber(ctxT(t, 5*time.Second), opts); err != nil { // declares the queues
+		t.Fatal(err)
+	} else {
+		_ = s.Close(context.Background())
+	}
+	if err := newPub(t, b).Publish(ctxT(t, 5*time.Second), topic, &broker.Message{ID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	for want := 1; want <= 2; want++ {
+		s, err := b.NewSubscriber(ctxT(t, 5*time.Second), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := receive(t, s, 10*time.Second).Message().Attempt; got != want {
+			t.Errorf("Attempt = %d, want %d", got, want)
+		}
+		_ = s.Close(context.Background()) // crash: never settled
+	}
+	dead := receive(t, dlqSub(t, b, topic, "g"), 10*time.Second).Message()
+	if dead.ID != "c" || !strings.HasPrefix(dead.Header(broker.HeaderDeadReason), "delivery_limit") || dead.Header(broker.HeaderOriginalTopic) != topic {
+		t.Errorf("dead letter %q headers = %v, want reason delivery_limit from x-delivery-limit", dead.ID, dead.Headers)
+	}
+}
+
+func TestAckTimeoutRequeues(t *testing.T) {
+	b := openBroker(t, "", Options{})
+	topic := uniq("acktimeout")
+	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic, AckTimeout: 200 * time.Millisecond})
+	if err := newPub(t, b).Publish(ctxT(t, 5*time.Second), topic, &broker.Message{ID: "slow"}); err != nil {
+		t.Fatal(err)
+	}
+	first := receive(t, sub, 5*time.Second)
+	start := time.Now()
+	again := receive(t, sub, 5*time.Second)
+	if again.Message().ID != "slow" || again.Message().Attempt != 2 || time.Since(start) < 150*time.Millisecond {
+		t.Errorf("redelivery id=%q attempt=%d after %v", again.Message().ID, again.Message().Attempt, time.Since(start))
+	}
+	if err := first.Ack(ctxT(t, time.Second)); err == nil || !strings.Contains(err.Error(), "AckTimeout") || broker.KindOf(err) != semantics.Transient {
+		t.Errorf("late Ack = %v, want a transient error naming AckTimeout", err)
+	}
+	if err := again.Ack(ctxT(t, time.Second)); err != nil {
+		t.Errorf("Ack in time: %v", err)
+	}
+}
+
+func TestPerKeyOrderingUsesOneActiveConsumer(t *testing.T) {
+	b := openBroker(t, "", Options{})
+	topic := uniq("sac")
+	opts := broker.SubscriberOptions{Topic: topic, Group: "g", Ordering: semantics.PerKey, Prefetch: 5}
+	first := newSub(t, b, opts)
+	second, err := b.NewSubscriber(ctxT(t, 5*time.Second), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close(context.Background())
+	pub := newPub(t, b)
+	var msgs []*broker.Message
+	for i := 0; i < 20; i++ {
+		msgs = append(msgs, &broker.Message{ID: fmt.Sprint(i), Key: "k"})
+	}
+	if err := pub.Publish(ctxT(t, 5*time.Second), topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	// The active consumer gets all 20 in order, although the other one
+	// asks too.
+	got := make(chan string, 20)
+	go func() {
+		if d, err := second.Receive(ctxT(t, 10*time.Second)); err == nil {
+			got <- "second:" + d.Message().ID
+			_ = d.Ack(context.Background())
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		d := receive(t, first, 5*time.Second)
+		if d.Message().ID != fmt.Sprint(i) {
+			t.Fatalf("delivery %d is %s", i, d.Message().ID)
+		}
+		_ = d.Ack(ctxT(t, time.Second))
+	}
+	select {
+	case s := <-got:
+		t.Fatalf("the inactive consumer received %s", s)
+	default:
+	}
+	// When the active one goes, the other takes over.
+	_ = first.Close(context.Background())
+	if err := pub.Publish(ctxT(t, 5*time.Second), topic, &broker.Message{ID: "next", Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-got:
+		if s != "second:next" {
+			t.Errorf("after failover the second consumer got %s, want next", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second consumer did not take over")
+	}
+}
+
+func TestInspectReportsDepthAndConsumers(t *testing.T) {
+	b := openBroker(t, "", Options{})
+	topic := uniq("inspect")
+	if _, err := b.Inspect(ctxT(t, 5*time.Second), topic, "g"); broker.KindOf(err) != semantics.NotFound {
+		t.Errorf("Inspect of a missing queue = %v, want NotFound", err)
+	}
+	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic, Group: "g"})
+	if info, err := b.Inspect(ctxT(t, 5*time.Second), topic, "g"); err != nil || info.Consumers != 1 || info.Queue != topic+".g" {
+		t.Errorf("Inspect = %+v, %v; want queue %s.g with 1 consumer", info, err, topic)
+	}
+	_ = sub.Close(context.Background())
+	msgs := make([]*broker.Message, 7)
+	for i := range msgs {
+		msgs[i] = &broker.Message{}
+	}
+	if err := newPub(t, b).Publish(ctxT(t, 5*time.Second), topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	var info QueueInfo
+	deadline := time.Now().Add(5 * time.Second)
+	for { // the queue's counters lag the confirms a little
+		var err error
+		if info, err = b.Inspect(ctxT(t, 5*time.Second), topic, "g"); err != nil {
+			t.Fatal(err)
+		}
+		if info.Messages == 7 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if info.Messages != 7 || info.Consumers != 0 {
+		t.Errorf("Inspect = %+v, want 7 messages and no consumer", info)
+	}
+	if err := b.DeleteSubscription(ctxT(t, 5*time.Second), topic, "g"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Inspect(ctxT(t, 5*time.Second), topic, "g"); broker.KindOf(err) != semantics.NotFound {
+		t.Errorf("Inspect after DeleteSubscription = %v, want NotFound", err)
+	}
+}
+
+func TestGroupSettingsMustMatchTheQueue(t *testing.T) {
+	b := openBroker(t, "", Options{})
+	topic := uniq("mismatch")
+	newSub(t, b, broker.SubscriberOptions{Topic: topic, Group: "g", MaxAttempts: 3})
+	_, err := b.NewSubscriber(ctxT(t, 5*time.Second), broker.SubscriberOptions{Topic: topic, Group: "g", MaxAttempts: 5})
+	if broker.KindOf(err) != semantics.InvalidArgument || !strings.Contains(err.Error(), "other arguments") {
+		t.Errorf("a second subscriber with another MaxAttempts = %v, want InvalidArgument explaining the mismatch", err)
+	}
+}
+
+func TestPassiveVerifiesTopology(t *testing.T) {
+	b := openBroker(t, "passive=true", Options{})
+	_, err := b.NewSubscriber(ctxT(t, 5*time.Second), broker.SubscriberOptions{Topic: uniq("missing")})
+	if broker.KindOf(err) != semantics.NotFound {
+		t.Errorf("passive subscribe to a missing queue = %v, want NotFound", err)
+	}
+	x := openBroker(t, "passive=true&exchange="+uniq("no-such-exchange"), Options{})
+	if _, err := x.NewPublisher(ctxT(t, 5*time.Second)); broker.KindOf(err) != semantics.NotFound {
+		t.Errorf("passive publisher on a missing exchange = %v, want NotFound", err)
+	}
+}
+
+func TestTopicExchangeWildcards(t *testing.T) {
+	b := openBroker(t, "exchange_type=topic", Options{Exchange: uniq("qk-topic-x")})
+	base := uniq("orders")
+	sub := newSub(t, b, broker.SubscriberOptions{Topic: base + ".*", Group: "all"})
+	if err := newPub(t, b).Publish(ctxT(t, 5*time.Second), base+".eu", &broker.Message{ID: "eu"}); err != nil {
+		t.Fatal(err)
+	}
+	if m := receive(t, sub, 5*time.Second).Message(); m.ID != "eu" {
+		t.Errorf("got %q", m.ID)
+	}
+}
+
+func TestClassicQueuesClaimLess(t *testing.T) {
+	b := openBroker(t, "queue_type=classic", Options{})
+	c := b.Capabilities()
+	if c.AttemptCount || c.DeadLetter || c.NativeDeadLetter || !c.DelayedNack || !c.CrashRedelivery {
+		t.Errorf("classic capabilities = %+v", c)
+	}
+	topic := uniq("classic")
+	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic})
+	if err := newPub(t, b).Publish(ctxT(t, 5*time.Second), topic, &broker.Message{ID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	d := receive(t, sub, 5*time.Second)
+	if d.Message().Attempt != 0 {
+		t.Errorf("classic Attempt = %d, want 0 (not counted)", d.Message().Attempt)
+	}
+	start := time.Now()
+	if err := d.Nack(ctxT(t, 5*time.Second), 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if d := receive(t, sub, 5*time.Second); d.Message().ID != "c" || time.Since(start) < 100*time.Millisecond {
+		t.Errorf("classic delayed nack: %q after %v", d.Message().ID, time.Since(start))
 	}
 }

@@ -152,7 +152,7 @@ func (c *config) dialer(role string) func(ctx context.Context) (*amqp.Connection
 		}
 		conn, err := amqp.DialConfig(c.uri.String(), cfg)
 		if err != nil {
-			return nil, fmt.Errorf("connect to %s:%d: %s", c.uri.Host, c.uri.Port, redactErr(err, nil, c.uri.Password))
+			return nil, redactedError{msg: fmt.Sprintf("connect to %s:%d: %s", c.uri.Host, c.uri.Port, redactErr(err, nil, c.uri.Password)), err: err}
 		}
 		return conn, nil
 	}
@@ -175,3 +175,13 @@ func redactErr(err error, u *url.URL, extra ...string) string {
 	}
 	return s
 }
+
+// redactedError keeps the cause for errors.As while its text hides the
+// password.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e redactedError) Error() string { return e.msg }
+func (e redactedError) Unwrap() error { return e.err }

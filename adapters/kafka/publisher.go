@@ -2,7 +2,6 @@ package kafka
 
 import (
 	"context"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -202,6 +201,3 @@ func (p *Publisher) Close(ctx context.Context) error {
 		return errf(semantics.Transient, "kafka: close publisher", "publishes still in flight: %v", ctx.Err())
 	}
 }
-
-// itoa is strconv.Itoa, kept short for header values.
-func itoa(n int) string { return strconv.Itoa(n) }

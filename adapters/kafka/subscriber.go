@@ -350,12 +350,18 @@ func (s *Subscriber) attachLocked(fp kgo.FetchTopicPartition, now int64) {
 		s.parts[tp] = p
 	}
 	var n int64
+	var chunk []delivery // deliveries are allocated deliveryChunk at a time
 	p.mu.Lock()
-	for _, r := range fp.Records {
+	for i, r := range fp.Records {
 		if r.Offset < p.next {
 			continue // already tracked
 		}
-		d := s.newDelivery(p, r)
+		if len(chunk) == 0 {
+			chunk = make([]delivery, min(deliveryChunk, len(fp.Records)-i))
+		}
+		d := &chunk[0]
+		chunk = chunk[1:]
+		s.initDelivery(d, p, r)
 		p.track = append(p.track, d.e)
 		p.next = r.Offset + 1
 		p.out++
@@ -370,9 +376,14 @@ func (s *Subscriber) attachLocked(fp kgo.FetchTopicPartition, now int64) {
 	s.outstanding.Add(n)
 }
 
-// newDelivery decodes r into a message.
-func (s *Subscriber) newDelivery(p *partition, r *kgo.Record) *delivery {
-	d := &delivery{p: p}
+// deliveryChunk is how many deliveries one allocation holds: few
+// allocations per message, and a retained *Message keeps at most a chunk
+// alive.
+const deliveryChunk = 32
+
+// initDelivery makes d the first delivery of r.
+func (s *Subscriber) initDelivery(d *delivery, p *partition, r *kgo.Record) {
+	d.p = p
 	d.e = &d.ent
 	d.ent.off, d.ent.rec, d.ent.cur = r.Offset, r, d
 	d.notBefore = decodeRecord(r, &d.msg, p.retry)
@@ -381,7 +392,6 @@ func (s *Subscriber) newDelivery(p *partition, r *kgo.Record) *delivery {
 	if p.prior != nil {
 		d.msg.Attempt += p.prior[r.Offset] // deliveries before a crash or rebalance
 	}
-	return d
 }
 
 // decodeRecord fills m from r: the ID from the queuekit-id header (or
@@ -391,16 +401,14 @@ func (s *Subscriber) newDelivery(p *partition, r *kgo.Record) *delivery {
 // is due (unix nanos).
 func decodeRecord(r *kgo.Record, m *broker.Message, retry bool) (notBefore int64) {
 	m.Topic = r.Topic
-	if len(r.Key) > 0 {
-		m.Key = string(r.Key)
-	}
 	m.Payload = r.Value
 	m.PublishedAt = r.Timestamp
 	m.Attempt = 1
+	var id []byte
 	for _, h := range r.Headers {
 		switch h.Key {
 		case broker.HeaderID:
-			m.ID = string(h.Value)
+			id = h.Value
 		case broker.HeaderAttempt:
 			if n, err := strconv.Atoi(string(h.Value)); err == nil && n > 0 {
 				m.Attempt = n
@@ -416,6 +424,12 @@ func decodeRecord(r *kgo.Record, m *broker.Message, retry bool) (notBefore int64
 		default:
 			m.SetHeader(h.Key, string(h.Value))
 		}
+	}
+	// Key and ID share one allocation.
+	if len(r.Key)+len(id) > 0 {
+		var buf [128]byte
+		s := string(append(append(buf[:0], r.Key...), id...))
+		m.Key, m.ID = s[:len(r.Key)], s[len(r.Key):]
 	}
 	if m.ID == "" {
 		// A record from another producer: its position is its identity.
@@ -565,7 +579,9 @@ func (s *Subscriber) retry(ctx context.Context, d *delivery, delay time.Duration
 		return s.complete(ctx, d, false)
 	}
 	if s.retryTopic != "" {
-		due := time.Now().Add(delay).UnixMilli()
+		// Rounded up: the header keeps milliseconds, and a retry must never
+		// come early.
+		due := (time.Now().Add(delay).UnixNano() + int64(time.Millisecond) - 1) / int64(time.Millisecond)
 		if err := s.forward(ctx, d, s.retryTopic, func(hs []kgo.RecordHeader) []kgo.RecordHeader {
 			return append(hs,
 				header(broker.HeaderAttempt, strconv.Itoa(d.msg.Attempt+1)),

@@ -1,0 +1,294 @@
+package kafka
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// The benchmarks run kfake in a separate process (internal/testenv/kfakeserver)
+// so that the broker's CPU is not charged to the client: a blackhole broker
+// for publishing, a synthetic one (every fetch served from one canned batch
+// of keyed records with a queuekit-id header) for consuming. raw is franz-go
+// doing the same work with the same producer settings.
+
+const (
+	benchPayload = 256
+	benchBatch   = 1000 // messages per Publish call / per raw produce round
+)
+
+var kfakeBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// kfakeServer builds (once) and starts kfakeserver with args, returning its
+// address; the benchmark is skipped when it cannot start.
+func kfakeServer(b *testing.B, args ...string) string {
+	b.Helper()
+	kfakeBuild.once.Do(func() {
+		out, err := exec.Command("go", "env", "GOMOD").Output()
+		if err != nil || strings.TrimSpace(string(out)) == "" {
+			kfakeBuild.err = fmt.Errorf("go env GOMOD: %v", err)
+			return
+		}
+		dir, err := os.MkdirTemp("", "kfakeserver")
+		if err != nil {
+			kfakeBuild.err = err
+			return
+		}
+		kfakeBuild.path = filepath.Join(dir, "kfakeserver")
+		build := exec.Command("go", "build", "-o", kfakeBuild.path, "./internal/testenv/kfakeserver")
+		build.Dir = filepath.Dir(strings.TrimSpace(string(out)))
+		if out, err := build.CombinedOutput(); err != nil {
+			kfakeBuild.err = fmt.Errorf("go build kfakeserver: %v\n%s", err, out)
+		}
+	})
+	if kfakeBuild.err != nil {
+		b.Skipf("kfake server process unavailable: %v", kfakeBuild.err)
+	}
+	cmd := exec.Command(kfakeBuild.path, args...)
+	stdin, _ := cmd.StdinPipe() // the server exits when it closes
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Skipf("starting kfakeserver: %v", err)
+	}
+	b.Cleanup(func() { _ = stdin.Close(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "ADDR ")
+	if err != nil || !ok {
+		b.Skipf("kfakeserver printed %q: %v", line, err)
+	}
+	return addr
+}
+
+// benchMessages returns n messages of benchPayload bytes over 16 keys.
+func benchMessages(n int) []*broker.Message {
+	payload := make([]byte, benchPayload)
+	ms := make([]*broker.Message, n)
+	for i := range ms {
+		ms[i] = &broker.Message{Key: fmt.Sprint("key-", i%16), Payload: payload}
+	}
+	return ms
+}
+
+// report records msgs/s and allocs/msg for n messages.
+func report(b *testing.B, n int, before *runtime.MemStats) {
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(n), "allocs/msg")
+}
+
+func BenchmarkKafkaPublish(b *testing.B) {
+	addr := kfakeServer(b, "-blackhole")
+	ctx := context.Background()
+	kb, err := New(ctx, Options{Brokers: []string{addr}})
+	if err != nil {
+		b.Skipf("kafka: %v", err)
+	}
+	defer kb.Close(ctx)
+	topic := fmt.Sprint("bench-publish-", time.Now().UnixNano())
+	if err := kb.EnsureTopic(ctx, topic); err != nil {
+		b.Fatal(err)
+	}
+
+	b.Run("raw", func(b *testing.B) {
+		cl, err := kgo.NewClient(kb.producerOpts()...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cl.Close()
+		msgs := benchMessages(benchBatch)
+		keys := make([][]byte, len(msgs))
+		for i, m := range msgs {
+			keys[i] = []byte(m.Key)
+		}
+		recs := make([]kgo.Record, benchBatch)
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		promise := func(_ *kgo.Record, err error) {
+			if err != nil {
+				failed.Add(1)
+			}
+			wg.Done()
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ResetTimer()
+		for sent := 0; sent < b.N; {
+			n := min(benchBatch, b.N-sent)
+			wg.Add(n)
+			for i := 0; i < n; i++ {
+				recs[i] = kgo.Record{Topic: topic, Key: keys[i], Value: msgs[i].Payload,
+					Headers: []kgo.RecordHeader{{Key: broker.HeaderID, Value: []byte(broker.NewID())}}}
+				cl.Produce(ctx, &recs[i], promise)
+			}
+			wg.Wait()
+			if failed.Load() > 0 {
+				b.Fatalf("%d records failed", failed.Load())
+			}
+			sent += n
+		}
+		report(b, b.N, &ms)
+	})
+
+	b.Run("queuekit", func(b *testing.B) {
+		pub, err := kb.NewPublisher(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pub.Close(ctx)
+		msgs := benchMessages(benchBatch)
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ResetTimer()
+		for sent := 0; sent < b.N; {
+			n := min(benchBatch, b.N-sent)
+			for _, m := range msgs[:n] {
+				m.ID, m.PublishedAt = "", time.Time{} // a new message each time
+			}
+			if err := pub.Publish(ctx, topic, msgs[:n]...); err != nil {
+				b.Fatal(err)
+			}
+			sent += n
+		}
+		report(b, b.N, &ms)
+	})
+}
+
+// rawConsume is franz-go consuming in a group, calling a handler per record
+// and committing every DefaultCommitInterval: what the adapter does for a
+// user, written by hand.
+func rawConsume(b *testing.B, kb *Broker, topic, group string) {
+	ctx := context.Background()
+	opts := append(kb.producerOpts(),
+		kgo.ConsumerGroup(group), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.AutoCommitInterval(DefaultCommitInterval))
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	for cl.PollFetches(ctx).NumRecords() == 0 { // joined and flowing
+	}
+	n := 0
+	handler := func(*kgo.Record) { n++ }
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.ResetTimer()
+	for n < b.N {
+		cl.PollRecords(ctx, min(DefaultPrefetch, b.N-n)).EachRecord(handler)
+	}
+	report(b, n, &ms)
+}
+
+// BenchmarkKafkaConsume measures what applications run: broker.Consume
+// (4 handlers, at-least-once acks) over the adapter's subscriber.
+func BenchmarkKafkaConsume(b *testing.B) {
+	addr := kfakeServer(b, "-synthetic", "500", "-value-bytes", fmt.Sprint(benchPayload))
+	ctx := context.Background()
+	kb, err := New(ctx, Options{Brokers: []string{addr}})
+	if err != nil {
+		b.Skipf("kafka: %v", err)
+	}
+	defer kb.Close(ctx)
+	topic := fmt.Sprint("bench-consume-", time.Now().UnixNano())
+	if err := kb.EnsureTopic(ctx, topic); err != nil {
+		b.Fatal(err)
+	}
+	var round atomic.Int64
+
+	b.Run("raw", func(b *testing.B) { rawConsume(b, kb, topic, fmt.Sprint("raw-", round.Add(1))) })
+
+	b.Run("queuekit", func(b *testing.B) {
+		sub, err := kb.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: fmt.Sprint("qk-", round.Add(1))})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sub.Close(ctx)
+		if d, err := sub.Receive(ctx); err != nil { // joined and flowing
+			b.Fatal(err)
+		} else {
+			_ = d.Ack(ctx)
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		var n atomic.Int64
+		target := int64(b.N)
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ResetTimer()
+		err = broker.Consume(cctx, sub, broker.HandlerFunc(func(context.Context, *broker.Message) error {
+			if n.Add(1) == target {
+				cancel()
+			}
+			return nil
+		}), broker.ConsumeOptions{Concurrency: 4, ShutdownTimeout: time.Second})
+		b.StopTimer()
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		report(b, int(n.Load()), &ms)
+	})
+}
+
+// BenchmarkKafkaReceive measures the adapter alone: ReceiveBatch and Ack in
+// one loop, no Consume.
+func BenchmarkKafkaReceive(b *testing.B) {
+	addr := kfakeServer(b, "-synthetic", "500", "-value-bytes", fmt.Sprint(benchPayload))
+	ctx := context.Background()
+	kb, err := New(ctx, Options{Brokers: []string{addr}})
+	if err != nil {
+		b.Skipf("kafka: %v", err)
+	}
+	defer kb.Close(ctx)
+	topic := fmt.Sprint("bench-receive-", time.Now().UnixNano())
+	if err := kb.EnsureTopic(ctx, topic); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("raw", func(b *testing.B) { rawConsume(b, kb, topic, fmt.Sprint("raw-", time.Now().UnixNano())) })
+	b.Run("queuekit", func(b *testing.B) {
+		sub, err := kb.Subscribe(ctx, broker.SubscriberOptions{Topic: topic, Group: fmt.Sprint("r-", time.Now().UnixNano())})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sub.Close(ctx)
+		if d, err := sub.Receive(ctx); err != nil {
+			b.Fatal(err)
+		} else {
+			_ = d.Ack(ctx)
+		}
+		buf := make([]broker.Delivery, 64)
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ResetTimer()
+		n := 0
+		for n < b.N {
+			k, err := sub.ReceiveBatch(ctx, buf)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, d := range buf[:k] {
+				_ = d.Ack(ctx)
+			}
+			n += k
+		}
+		report(b, n, &ms)
+	})
+}

@@ -62,9 +62,10 @@ type Options struct {
 	// MaxMessageSize is the largest message (payload, key, ID and headers)
 	// Publish accepts; default 128 MiB, RabbitMQ's own default limit.
 	MaxMessageSize int
-	// Redial makes a new connection when the current one is lost. Dial and
-	// the amqp:// URL set it; with New and no Redial a lost connection
-	// makes every later call fail with a Closed error.
+	// Redial makes a new connection when the one given to New is lost;
+	// without it a lost connection makes every later call fail with a
+	// Closed error. Brokers made by Dial or broker.Open redial their URL
+	// and ignore it.
 	Redial func(ctx context.Context) (*amqp.Connection, error)
 	// ReconnectMaxWait caps the exponential backoff between reconnection
 	// attempts; default 5s.

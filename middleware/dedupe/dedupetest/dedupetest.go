@@ -183,3 +183,18 @@ func eventually(t *testing.T, within time.Duration, cond func() bool, format str
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// StaleRelease checks a store shared by several processes: a and b are two
+// instances over the same backend (two processes). a's claim expires, b
+// takes the key over, then a — late — releases: b's claim must survive.
+func StaleRelease(t *testing.T, a, b broker.IdempotencyStore, key string) {
+	ctx := context.Background()
+	expect(t, a, key, 50*time.Millisecond, broker.Claimed)
+	eventually(t, 5*time.Second, func() bool {
+		res, err := b.Claim(ctx, key, time.Minute)
+		must(t, err)
+		return res == broker.Claimed
+	}, "b never took over a's expired claim of %s", key)
+	must(t, a.Release(ctx, key))
+	expect(t, b, key, time.Minute, broker.InFlight)
+}

@@ -66,22 +66,7 @@ func TestDefaultPrefixAndDoneTTL(t *testing.T) {
 // consumer (another process: another Store) took over.
 func TestStaleReleaseKeepsTheNewClaim(t *testing.T) {
 	c, prefix := client(t)
-	a := redisstore.New(c, redisstore.Options{Prefix: prefix})
-	b := redisstore.New(c, redisstore.Options{Prefix: prefix})
-	ctx := context.Background()
-	if res, _ := a.Claim(ctx, "k", 50*time.Millisecond); res != broker.Claimed {
-		t.Fatal("a did not claim")
-	}
-	mwtest.Eventually(t, 5*time.Second, func() bool {
-		res, err := b.Claim(ctx, "k", time.Minute)
-		return err == nil && res == broker.Claimed
-	}, "b never took over the expired claim")
-	if err := a.Release(ctx, "k"); err != nil {
-		t.Fatal(err)
-	}
-	if res, _ := b.Claim(ctx, "k", time.Minute); res != broker.InFlight {
-		t.Fatalf("after a's stale release, claim is %v: a deleted b's claim", res)
-	}
+	dedupetest.StaleRelease(t, redisstore.New(c, redisstore.Options{Prefix: prefix}), redisstore.New(c, redisstore.Options{Prefix: prefix}), "k")
 }
 
 // naive is the source material's "SETNX evt:<id>, then handle", on Redis.

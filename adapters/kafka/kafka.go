@@ -213,7 +213,11 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		if b.ownClient {
 			b.cl.Close()
 		}
-		return nil, broker.Errorf(semantics.Transient, op, "no Kafka broker answered at %v within %v: %w", opts.Brokers, opts.DialTimeout, err)
+		kind := semantics.Transient
+		if kindOf(err) == semantics.Permanent { // refused credentials, unsupported version
+			kind = semantics.Permanent
+		}
+		return nil, broker.Errorf(kind, op, "no Kafka broker at %v accepted a connection within %v (down, unreachable, or refusing the credentials): %w", opts.Brokers, opts.DialTimeout, err)
 	}
 	return b, nil
 }

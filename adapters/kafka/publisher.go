@@ -89,10 +89,10 @@ func produce(ctx context.Context, cl *kgo.Client, topic string, msgs []*Message)
 	for i := range recs {
 		switch w.state[i].Load() {
 		case recFailed:
-			pe.Failed = append(pe.Failed, broker.PublishFailure{Index: i, ID: msgs[i].ID, Err: wrap(op, w.errs[i])})
+			pe.Failed = append(pe.Failed, broker.PublishFailure{Index: i, ID: msgs[i].ID, Err: wrap("", w.errs[i])})
 		case recPending:
 			pe.Failed = append(pe.Failed, broker.PublishFailure{Index: i, ID: msgs[i].ID,
-				Err: errf(semantics.Transient, op, "no acknowledgement before the context ended (%v); the message may still be written", ctx.Err())})
+				Err: errf(semantics.Transient, "", "no acknowledgement before the context ended (%v); the message may still be written", ctx.Err())})
 		}
 	}
 	if len(pe.Failed) == 0 {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
+
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/internal/testenv"
 	"github.com/queuekit/queuekit/semantics"
@@ -73,8 +75,8 @@ func TestOpenFailsFastWhenNoBrokerAnswers(t *testing.T) {
 	if err == nil {
 		t.Fatal("Open succeeded with no broker")
 	}
-	if broker.KindOf(err) != semantics.Transient || !strings.Contains(err.Error(), "no Kafka broker answered") {
-		t.Errorf("err = %v (kind %v), want a transient 'no Kafka broker answered'", err, broker.KindOf(err))
+	if broker.KindOf(err) != semantics.Transient || !strings.Contains(err.Error(), "no Kafka broker at [127.0.0.1:1] accepted a connection") {
+		t.Errorf("err = %v (kind %v), want a transient 'no Kafka broker ... accepted a connection'", err, broker.KindOf(err))
 	}
 	if strings.Contains(err.Error(), "s3cret") {
 		t.Errorf("the error shows the password: %v", err)
@@ -112,6 +114,44 @@ func TestOpenByURL(t *testing.T) {
 func TestManualTopicsMakesMissingTopicsNotFound(t *testing.T) {
 	b := testBroker(t, Options{ManualTopics: true})
 	_, err := b.NewSubscriber(context.Background(), broker.SubscriberOptions{Topic: newTopic(t)})
+	if broker.KindOf(err) != semantics.NotFound {
+		t.Fatalf("err = %v (kind %v), want not found", err, broker.KindOf(err))
+	}
+}
+
+// TestSASLFromURL authenticates with SCRAM credentials from the URL against
+// a kfake cluster that requires them; a wrong password fails without being
+// shown.
+func TestSASLFromURL(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "app", "s3cret-pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addr := c.ListenAddrs()[0]
+	ctx := testCtx(t, 20*time.Second)
+	b, err := broker.Open(ctx, "kafka://app:s3cret-pw@"+addr+"/?sasl=scram-sha-256")
+	if err != nil {
+		t.Fatalf("Open with the right password: %v", err)
+	}
+	defer b.Close(ctx)
+	pub, _ := b.NewPublisher(ctx)
+	if err := pub.Publish(ctx, newTopic(t), &broker.Message{Payload: []byte("x")}); err != nil {
+		t.Fatalf("Publish over SASL: %v", err)
+	}
+	_, err = broker.Open(ctx, "kafka://app:wrong-pw@"+addr+"/?sasl=scram-sha-256&dial_timeout=3s")
+	if err == nil {
+		t.Fatal("Open with a wrong password succeeded")
+	}
+	if strings.Contains(err.Error(), "wrong-pw") {
+		t.Errorf("the error shows the password: %v", err)
+	}
+}
+
+func TestManualTopicsPublishToMissingTopicIsNotFound(t *testing.T) {
+	b := testBroker(t, Options{ManualTopics: true})
+	pub, _ := b.NewPublisher(context.Background())
+	err := pub.Publish(testCtx(t, 30*time.Second), newTopic(t), &broker.Message{Payload: []byte("x")})
 	if broker.KindOf(err) != semantics.NotFound {
 		t.Fatalf("err = %v (kind %v), want not found", err, broker.KindOf(err))
 	}

@@ -21,7 +21,7 @@ func TestConformance(t *testing.T) {
 	conformance.Run(t, conformance.Harness{
 		Name: "rabbitmq",
 		Open: func(ctx context.Context) (broker.Broker, error) {
-			return Dial(ctx, url+"?max_message_size=4194304", Options{onDeclare: c.add})
+			return Dial(ctx, url+"?max_message_size=4194304", Options{OnDeclare: c.add})
 		},
 		AckTimeout: time.Second,
 		Timeout:    30 * time.Second,

@@ -97,8 +97,8 @@ func (q *delayQueues) forget(queue string) []string {
 
 // declared reports a queue the broker declared (a test hook).
 func (b *Broker) declared(queue string) {
-	if b.opts.onDeclare != nil {
-		b.opts.onDeclare(queue)
+	if b.opts.OnDeclare != nil {
+		b.opts.OnDeclare(queue)
 	}
 }
 

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/internal/testenv"
 )
@@ -41,37 +39,11 @@ func (c *cleanup) add(q string) {
 func (c *cleanup) run(t testing.TB, url string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.queues) == 0 && len(c.exchanges) == 0 {
-		return
-	}
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Logf("cleanup: %v", err)
-		return
-	}
-	defer conn.Close()
+	queues := make([]string, 0, len(c.queues))
 	for q := range c.queues {
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Logf("cleanup: %v", err)
-			return
-		}
-		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-			t.Logf("cleanup: delete %s: %v", q, err)
-		}
-		ch.Close()
+		queues = append(queues, q)
 	}
-	for _, x := range c.exchanges {
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Logf("cleanup: %v", err)
-			return
-		}
-		if err := ch.ExchangeDelete(x, false, false); err != nil {
-			t.Logf("cleanup: delete exchange %s: %v", x, err)
-		}
-		ch.Close()
-	}
+	testenv.DeleteRabbitMQ(t, url, queues, c.exchanges)
 }
 
 // openBroker dials the test server with opts (and params appended to the
@@ -80,7 +52,7 @@ func openBroker(t testing.TB, params string, opts Options) *Broker {
 	t.Helper()
 	url := testenv.RabbitMQ(t)
 	c := &cleanup{}
-	opts.onDeclare = c.add
+	opts.OnDeclare = c.add
 	if opts.Exchange != "" {
 		c.exchanges = append(c.exchanges, opts.Exchange)
 	}

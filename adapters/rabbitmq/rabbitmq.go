@@ -79,8 +79,10 @@ type Options struct {
 	// Logger receives connection loss and recovery events; default
 	// slog.Default().
 	Logger *slog.Logger
-
-	onDeclare func(queue string) // tests: record queues to delete
+	// OnDeclare, when set, is called with the name of every queue the
+	// broker declares: group, dead-letter and delay queues. Tests use it
+	// to delete what they made (see testenv.DeleteRabbitMQ).
+	OnDeclare func(queue string)
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -261,6 +263,20 @@ func (b *Broker) Inspect(ctx context.Context, topic, group string) (QueueInfo, e
 	}
 	return QueueInfo{Queue: name, Messages: q.Messages, Consumers: q.Consumers}, nil
 }
+
+// Backlog implements broker.BacklogReporter: Pending is the group queue's
+// ready messages and Consumers its consumers. AMQP does not report
+// unacknowledged messages, nor the ones waiting in delay queues, so
+// InFlight and Delayed are -1.
+func (b *Broker) Backlog(ctx context.Context, topic, group string) (broker.Backlog, error) {
+	info, err := b.Inspect(ctx, topic, group)
+	if err != nil {
+		return broker.Backlog{}, err
+	}
+	return broker.Backlog{Pending: int64(info.Messages), InFlight: -1, Delayed: -1, Consumers: info.Consumers}, nil
+}
+
+var _ broker.BacklogReporter = (*Broker)(nil)
 
 // DeleteSubscription deletes group's queue for topic with the messages in
 // it, and the delay queues of its delayed nacks. The queue is declared

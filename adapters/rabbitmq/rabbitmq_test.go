@@ -283,6 +283,9 @@ func TestInspectReportsDepthAndConsumers(t *testing.T) {
 	if info.Messages != 7 || info.Consumers != 0 {
 		t.Errorf("Inspect = %+v, want 7 messages and no consumer", info)
 	}
+	if bl, err := b.Backlog(ctxT(t, 5*time.Second), topic, "g"); err != nil || bl.Pending != 7 || bl.Consumers != 0 || bl.InFlight != -1 {
+		t.Errorf("Backlog = %+v, %v", bl, err)
+	}
 	if err := b.DeleteSubscription(ctxT(t, 5*time.Second), topic, "g"); err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 func dialVia(t *testing.T, rawURL string, opts Options) *Broker {
 	t.Helper()
 	c := &cleanup{}
-	opts.onDeclare = c.add
+	opts.OnDeclare = c.add
 	opts.Logger = quiet
 	if opts.ReconnectMaxWait == 0 {
 		opts.ReconnectMaxWait = 200 * time.Millisecond

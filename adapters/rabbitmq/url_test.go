@@ -139,7 +139,7 @@ func TestNewUsesAnExistingConnection(t *testing.T) {
 	defer conn.Close()
 	c := &cleanup{}
 	t.Cleanup(func() { c.run(t, url) })
-	b, err := New(conn, Options{onDeclare: c.add})
+	b, err := New(conn, Options{OnDeclare: c.add})
 	if err != nil {
 		t.Fatal(err)
 	}

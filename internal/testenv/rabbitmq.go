@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"testing"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // DefaultAMQPURL is the RabbitMQ server the tests use when QUEUEKIT_AMQP_URL
@@ -54,4 +56,37 @@ func amqpAddr(raw string) (string, error) {
 		port = p
 	}
 	return net.JoinHostPort(host, port), nil
+}
+
+// DeleteRabbitMQ deletes queues, then exchanges, on the server at amqpURL,
+// logging what it cannot delete rather than failing: tests call it from
+// t.Cleanup so that the shared server does not fill up with their names.
+func DeleteRabbitMQ(t testing.TB, amqpURL string, queues, exchanges []string) {
+	t.Helper()
+	if len(queues) == 0 && len(exchanges) == 0 {
+		return
+	}
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		t.Logf("cleanup: %v", err)
+		return
+	}
+	defer conn.Close()
+	del := func(kind, name string, f func(*amqp.Channel) error) {
+		ch, err := conn.Channel() // a failed delete closes its channel
+		if err != nil {
+			t.Logf("cleanup: %v", err)
+			return
+		}
+		defer ch.Close()
+		if err := f(ch); err != nil {
+			t.Logf("cleanup: delete %s %s: %v", kind, name, err)
+		}
+	}
+	for _, q := range queues {
+		del("queue", q, func(ch *amqp.Channel) error { _, err := ch.QueueDelete(q, false, false, false); return err })
+	}
+	for _, x := range exchanges {
+		del("exchange", x, func(ch *amqp.Channel) error { return ch.ExchangeDelete(x, false, false) })
+	}
 }

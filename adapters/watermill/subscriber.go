@@ -135,6 +135,11 @@ func (s *subscriber) pump(ch <-chan *message.Message) {
 // subscriptions.
 func (s *subscriber) Receive(ctx context.Context) (broker.Delivery, error) {
 	select {
+	case <-s.closing:
+		return nil, broker.ErrClosed
+	default:
+	}
+	select {
 	case wm := <-s.out:
 		return s.deliver(wm)
 	case <-ctx.Done():

@@ -1,0 +1,173 @@
+package wmamqp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/adapters/watermill"
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/internal/testenv"
+	"github.com/queuekit/queuekit/semantics"
+)
+
+func open(t *testing.T) (*watermill.Broker, string) {
+	t.Helper()
+	url := testenv.RabbitMQ(t)
+	c := &cleanup{}
+	t.Cleanup(func() { c.run(t, url) })
+	b, err := New(url, Options{declared: c.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	return b, "qk-wmamqp-" + hex.EncodeToString(r[:])
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func publish(t *testing.T, b broker.Broker, topic string, ids ...string) {
+	t.Helper()
+	pub, err := b.NewPublisher(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close(ctxT(t))
+	for _, id := range ids {
+		if err := pub.Publish(ctxT(t), topic, &broker.Message{ID: id, Key: "k"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// receiveIDs receives n deliveries, acking each, and returns their IDs.
+func receiveIDs(t *testing.T, sub broker.Subscriber, n int) map[string]bool {
+	t.Helper()
+	got := map[string]bool{}
+	for len(got) < n {
+		d, err := sub.Receive(ctxT(t))
+		if err != nil {
+			t.Fatalf("Receive after %d: %v", len(got), err)
+		}
+		got[d.Message().ID] = true
+		if err := d.Ack(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return got
+}
+
+// Closing a subscriber loses nothing: the delivery it handed out and never
+// settled, and the messages its subscriptions had taken from RabbitMQ but
+// Receive had not returned yet, all go to the next subscriber of the group.
+func TestCloseGivesBackWhatItHolds(t *testing.T) {
+	b, topic := open(t)
+	ctx := ctxT(t)
+	first, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "g", Prefetch: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, topic, "a", "b", "c", "d")
+	if _, err := first.Receive(ctx); err != nil { // held, never settled
+		t.Fatal(err)
+	}
+	if err := first.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	next, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close(ctx)
+	if got := receiveIDs(t, next, 4); len(got) != 4 {
+		t.Errorf("got %v", got)
+	}
+}
+
+// A delayed nack still waiting when its subscriber closes is released at
+// once rather than holding Close (or the message) for the whole delay.
+func TestDelayedNackReleasedAtClose(t *testing.T) {
+	b, topic := open(t)
+	ctx := ctxT(t)
+	first, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "g", Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, topic, "late")
+	d, err := first.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Nack(ctx, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	next, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close(ctx)
+	if got := receiveIDs(t, next, 1); !got["late"] {
+		t.Errorf("got %v", got)
+	}
+}
+
+// With Ordering PerKey the group's queue is single-active-consumer: of two
+// subscribers, one gets everything, in publish order.
+func TestPerKeySingleActiveConsumer(t *testing.T) {
+	b, topic := open(t)
+	ctx := ctxT(t)
+	opts := broker.SubscriberOptions{Topic: topic, Group: "g", Ordering: semantics.PerKey}
+	s1, err := b.NewSubscriber(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close(ctx)
+	s2, err := b.NewSubscriber(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close(ctx)
+	ids := []string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}
+	publish(t, b, topic, ids...)
+	var got []string
+	for i := range ids {
+		d, err := s1.Receive(ctx) // the first consumer is the active one
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		got = append(got, d.Message().ID)
+		if err := d.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if strings.Join(got, "") != strings.Join(ids, "") {
+		t.Errorf("order %v", got)
+	}
+}
+
+// An unreachable server is a prompt error that does not show the password.
+func TestUnreachable(t *testing.T) {
+	start := time.Now()
+	_, err := New("amqp://guest:s3cret@127.0.0.1:1/", Options{})
+	if err == nil {
+		t.Fatal("New succeeded against a closed port")
+	}
+	if strings.Contains(err.Error(), "s3cret") || broker.KindOf(err) != semantics.Transient {
+		t.Errorf("err = %v (kind %v)", err, broker.KindOf(err))
+	}
+	if d := time.Since(start); d > 12*time.Second {
+		t.Errorf("took %v", d)
+	}
+}

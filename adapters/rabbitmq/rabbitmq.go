@@ -27,11 +27,18 @@ const (
 
 // Defaults of Options.
 const (
-	DefaultExchange       = "queuekit"
-	DefaultExchangeType   = "direct"
-	DefaultPrefetch       = 128
-	DefaultConfirmWindow  = 512
-	DefaultMaxMessageSize = 128 << 20 // RabbitMQ's default max_message_size
+	// DefaultExchange is the exchange publishers send to.
+	DefaultExchange = "queuekit"
+	// DefaultExchangeType routes a message to the groups of exactly its
+	// topic.
+	DefaultExchangeType = "direct"
+	// DefaultPrefetch is the subscribers' prefetch.
+	DefaultPrefetch = 128
+	// DefaultConfirmWindow is how many publishes a publisher keeps
+	// unconfirmed at most.
+	DefaultConfirmWindow = 512
+	// DefaultMaxMessageSize is RabbitMQ's own default max_message_size.
+	DefaultMaxMessageSize = 128 << 20
 )
 
 // Options configure a Broker. The zero value is usable: it declares a

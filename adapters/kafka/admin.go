@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -84,6 +85,30 @@ func (b *Broker) Lag(ctx context.Context, group, topic string) ([]PartitionLag, 
 		return nil, wrap(op, err)
 	}
 	return st.lags, nil
+}
+
+var _ broker.BacklogReporter = (*Broker)(nil)
+
+// Backlog reports group's backlog on topic for the queuekit command and
+// metrics: Pending is the lag summed over partitions (Parts has each one and
+// its owner) and Consumers the group's members. Kafka's lag already counts
+// messages in flight and held back by a nack, so InFlight and Delayed are
+// -1. A group with neither members nor committed offsets is NotFound.
+func (b *Broker) Backlog(ctx context.Context, topic, group string) (broker.Backlog, error) {
+	const op = "kafka: backlog"
+	st, err := b.groupState(ctx, group, topic)
+	if err != nil {
+		return broker.Backlog{}, wrap(op, err)
+	}
+	if !st.exists {
+		return broker.Backlog{}, errf(semantics.NotFound, op, "consumer group %s has no members and no committed offsets", group)
+	}
+	bl := broker.Backlog{InFlight: -1, Delayed: -1, Consumers: len(st.members)}
+	for _, l := range st.lags {
+		bl.Pending += l.Lag
+		bl.Parts = append(bl.Parts, broker.BacklogPart{Partition: l.Partition, Pending: l.Lag, Owner: l.Member})
+	}
+	return bl, nil
 }
 
 // BalanceReport says how evenly group spreads over topic: idle members (more
@@ -166,6 +191,7 @@ type groupState struct {
 	lags     []PartitionLag     // by partition
 	members  []string           // sorted
 	assigned map[string][]int32 // member -> partitions of the topic
+	exists   bool               // the group has members or committed offsets
 }
 
 func (b *Broker) groupState(ctx context.Context, group, topic string) (*groupState, error) {
@@ -196,12 +222,13 @@ func (b *Broker) groupState(ctx context.Context, group, topic string) (*groupSta
 	if err != nil && !errors.Is(err, kerr.GroupIDNotFound) {
 		return nil, fmt.Errorf("group %s: %w", group, err)
 	}
-	st := &groupState{assigned: map[string][]int32{}}
+	st := &groupState{assigned: map[string][]int32{}, exists: len(commits) > 0}
 	owner := map[int32]string{}
 	if d, ok := described[group]; ok && d.Err == nil {
 		for _, m := range d.Members {
 			name := m.ClientID + "@" + m.ClientHost + "/" + m.MemberID
 			st.members = append(st.members, name)
+			st.exists = true
 			st.assigned[name] = nil
 			if c, ok := m.Assigned.AsConsumer(); ok {
 				for _, t := range c.Topics {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/internal/testenv"
+	"github.com/queuekit/queuekit/semantics"
 )
 
 // TestCompactedTopicKeepsNewestPerKeyAndTombstones publishes to a compacted
@@ -89,6 +90,16 @@ func TestLagPerPartition(t *testing.T) {
 	none, err := b.Lag(context.Background(), "never-joined", topic)
 	if err != nil || none[0].Committed != -1 || none[0].Lag != 10 || none[0].Member != "" {
 		t.Errorf("lag of a group that never joined: %+v, %v", none, err)
+	}
+
+	// The same through broker.BacklogReporter, as the queuekit command reads it.
+	var r broker.BacklogReporter = b
+	bl, err := r.Backlog(context.Background(), topic, "lag")
+	if err != nil || bl.Pending != 16 || bl.Consumers != 1 || len(bl.Parts) != 3 || bl.Parts[1].Pending != 6 || bl.Parts[1].Owner == "" {
+		t.Errorf("Backlog = %+v, %v; want 16 pending over 3 parts, 1 consumer", bl, err)
+	}
+	if _, err := r.Backlog(context.Background(), topic, "never-joined"); broker.KindOf(err) != semantics.NotFound {
+		t.Errorf("Backlog of a group that never joined: %v, want not found", err)
 	}
 }
 

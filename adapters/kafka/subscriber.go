@@ -606,8 +606,9 @@ func (s *Subscriber) forward(ctx context.Context, d *delivery, topic string, ext
 	hs := make([]kgo.RecordHeader, 0, len(src.Headers)+7)
 	for _, h := range src.Headers {
 		switch h.Key {
-		case broker.HeaderAttempt, headerRetryAt, broker.HeaderOriginalTopic:
-			continue
+		case broker.HeaderAttempt, headerRetryAt, broker.HeaderOriginalTopic, HeaderOriginalPartition, HeaderOriginalOffset,
+			broker.HeaderDeadReason, broker.HeaderDeadAttempts, broker.HeaderLastFailure:
+			continue // replaced by extra, not duplicated
 		}
 		hs = append(hs, h)
 	}

@@ -19,13 +19,15 @@ type job[T any] struct {
 	v      T
 	size   int
 	finish func(error)
+	chunk  int // at the first job of a chunk: how many jobs it has
 }
 
 // batcher gathers entries from concurrent callers into batch requests of
-// up to maxBatchEntries entries and maxBytes bytes, with at most
-// maxInflight requests at a time. It adds no delay: the first entry goes out
-// at once, and entries that arrive while requests are in flight form the
-// next batches. Requests run on goroutines that exist only while entries are
+// up to maxEntries entries and maxBytes bytes, with at most maxInflight
+// requests at a time. It adds no delay: an entry goes out at once when
+// nothing is in flight, entries that arrive while requests are in flight
+// form the next batches, and more requests run at once only for full
+// batches. Requests run on goroutines that exist only while entries are
 // pending, so a batcher needs no closing.
 type batcher[T any] struct {
 	maxInflight int
@@ -33,6 +35,10 @@ type batcher[T any] struct {
 	maxBytes    int
 	timeout     time.Duration // per request
 	send        func(ctx context.Context, batch []*job[T])
+	// linger, when > 0, lets a partial batch wait that long for more
+	// entries before it goes out (full is poked when one is full).
+	linger time.Duration
+	full   chan struct{}
 
 	mu       sync.Mutex
 	pending  []*job[T]
@@ -40,16 +46,41 @@ type batcher[T any] struct {
 }
 
 func newBatcher[T any](maxInflight, maxBytes int, timeout time.Duration, send func(context.Context, []*job[T])) *batcher[T] {
-	return &batcher[T]{maxInflight: maxInflight, maxEntries: maxBatchEntries, maxBytes: maxBytes, timeout: timeout, send: send}
+	return &batcher[T]{maxInflight: maxInflight, maxEntries: maxBatchEntries, maxBytes: maxBytes, timeout: timeout, send: send, full: make(chan struct{}, 1)}
 }
 
 // submit queues jobs; each one's finish is called when its request is done.
+// Jobs submitted together are cut into chunks that fit one request, and a
+// chunk is never split between requests, so that one caller's messages
+// travel in as few requests as possible; chunks of different callers share
+// a request when they fit.
 func (b *batcher[T]) submit(jobs ...*job[T]) {
+	for i := 0; i < len(jobs); {
+		n, bytes := 0, 0
+		for i+n < len(jobs) && n < b.maxEntries && (n == 0 || b.maxBytes == 0 || bytes+jobs[i+n].size <= b.maxBytes) {
+			bytes += jobs[i+n].size
+			n++
+		}
+		jobs[i].chunk = n
+		i += n
+	}
 	b.mu.Lock()
 	b.pending = append(b.pending, jobs...)
-	need := (len(b.pending) + b.maxEntries - 1) / b.maxEntries
-	start := min(need, b.maxInflight-b.inflight)
-	b.inflight += max(start, 0)
+	// A new request starts for every full batch pending, and for a partial
+	// one only when nothing is in flight: a partial batch waits for a
+	// request to finish and fills meanwhile.
+	want := len(b.pending) / b.maxEntries
+	if want == 0 && b.inflight == 0 {
+		want = 1
+	}
+	start := max(min(want, b.maxInflight-b.inflight), 0)
+	b.inflight += start
+	if len(b.pending) >= b.maxEntries {
+		select {
+		case b.full <- struct{}{}:
+		default:
+		}
+	}
 	b.mu.Unlock()
 	for i := 0; i < start; i++ {
 		go b.run()
@@ -59,7 +90,7 @@ func (b *batcher[T]) submit(jobs ...*job[T]) {
 // do submits one entry and waits for its result, or for ctx.
 func (b *batcher[T]) do(ctx context.Context, v T, size int) error {
 	done := make(chan error, 1)
-	b.submit(&job[T]{ctx: ctx, v: v, size: size, finish: func(err error) { done <- err }})
+	b.submit(&job[T]{ctx: ctx, v: v, size: size, finish: func(err error) { done <- err }, chunk: 1})
 	select {
 	case err := <-done:
 		return err
@@ -70,6 +101,19 @@ func (b *batcher[T]) do(ctx context.Context, v T, size int) error {
 
 func (b *batcher[T]) run() {
 	for {
+		if b.linger > 0 {
+			b.mu.Lock()
+			partial := len(b.pending) < b.maxEntries
+			b.mu.Unlock()
+			if partial {
+				t := time.NewTimer(b.linger)
+				select {
+				case <-b.full:
+				case <-t.C:
+				}
+				t.Stop()
+			}
+		}
 		b.mu.Lock()
 		batch := b.take()
 		if len(batch) == 0 {
@@ -101,13 +145,16 @@ func (b *batcher[T]) run() {
 // take removes the next batch from pending. b.mu is held.
 func (b *batcher[T]) take() []*job[T] {
 	n, bytes := 0, 0
-	for n < len(b.pending) && n < b.maxEntries {
-		s := b.pending[n].size
-		if n > 0 && b.maxBytes > 0 && bytes+s > b.maxBytes {
+	for n < len(b.pending) {
+		c, cb := b.pending[n].chunk, 0
+		for _, j := range b.pending[n : n+c] {
+			cb += j.size
+		}
+		if n > 0 && (n+c > b.maxEntries || (b.maxBytes > 0 && bytes+cb > b.maxBytes)) {
 			break
 		}
-		bytes += s
-		n++
+		n += c
+		bytes += cb
 	}
 	if n == 0 {
 		return nil

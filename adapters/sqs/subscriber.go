@@ -18,6 +18,11 @@ import (
 // ChangeMessageVisibilityBatch) requests one subscriber has in flight.
 const settleInflight = 4
 
+// ackLinger is how long an ack that would go out in a partial
+// DeleteMessageBatch waits for more acks (the rest of its receive, as a
+// rule, whose handlers finish at about the same time).
+const ackLinger = time.Millisecond
+
 // maxVisibility is the longest visibility timeout SQS accepts, in seconds.
 const maxVisibility = 43200
 
@@ -87,7 +92,7 @@ func (b *Broker) Subscribe(ctx context.Context, opts broker.SubscriberOptions) (
 	visSecs := ceilSeconds(vis, 1, maxVisibility)
 	prefetch := opts.Prefetch
 	if prefetch == 0 {
-		prefetch = b.opts.Pollers * b.opts.MaxMessages
+		prefetch = 2 * b.opts.Pollers * b.opts.MaxMessages
 	}
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Subscriber{
@@ -109,6 +114,7 @@ func (b *Broker) Subscribe(ctx context.Context, opts broker.SubscriberOptions) (
 		s.tokens <- struct{}{}
 	}
 	s.deleter = newBatcher(settleInflight, 0, b.opts.RequestTimeout, s.deleteBatch)
+	s.deleter.linger = ackLinger
 	s.changer = newBatcher(settleInflight, 0, b.opts.RequestTimeout, s.changeBatch)
 	s.pollers.Add(b.opts.Pollers)
 	for range b.opts.Pollers {
@@ -168,6 +174,7 @@ type Subscriber struct {
 
 	ch      chan *delivery // received, not yet handed out
 	tokens  chan struct{}  // one per delivery that may be held unsettled
+	gather  sync.Mutex     // held by the poller taking tokens
 	errs    chan error     // the latest polling error, for Receive
 	closing chan struct{}
 
@@ -370,24 +377,25 @@ func (s *Subscriber) forwardDead(d *delivery) {
 // encoding that does not decode; its Payload is then the raw body.
 const HeaderDecodeError = "queuekit-decode-error"
 
-// acquire takes between 1 and MaxMessages tokens, blocking for the first,
-// and returns how many, or 0 after Close.
+// acquire takes a full receive's worth of prefetch tokens — MaxMessages,
+// or the whole prefetch when it is smaller — and returns how many, or 0
+// after Close. Waiting for a full batch, rather than polling for whatever
+// room there is, keeps receives full when handlers are the bottleneck. One
+// poller gathers at a time, so that pollers holding part of a batch each
+// cannot starve one another.
 func (s *Subscriber) acquire() int {
-	select {
-	case <-s.tokens:
-	case <-s.pollCtx.Done():
-		return 0
-	}
-	n := 1
-	for n < s.b.opts.MaxMessages {
+	s.gather.Lock()
+	defer s.gather.Unlock()
+	want := min(s.b.opts.MaxMessages, cap(s.tokens))
+	for n := 0; n < want; n++ {
 		select {
 		case <-s.tokens:
-			n++
-		default:
-			return n
+		case <-s.pollCtx.Done():
+			s.release(n)
+			return 0
 		}
 	}
-	return n
+	return want
 }
 
 func (s *Subscriber) release(n int) {

@@ -351,3 +351,68 @@ func TestClassicQueuesClaimLess(t *testing.T) {
 		t.Errorf("classic delayed nack: %q after %v", d.Message().ID, time.Since(start))
 	}
 }
+
+// A queue deleted under a subscriber (the broker cancels its consumer) is
+// declared again, and consuming resumes.
+func TestSubscriberRedeclaresADeletedQueue(t *testing.T) {
+	b := openBroker(t, "", Options{})
+	topic := uniq("deleted")
+	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic, Group: "g"})
+	if err := b.DeleteSubscription(ctxT(t, 5*time.Second), topic, "g"); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan broker.Delivery, 1)
+	go func() {
+		if d, err := sub.Receive(ctxT(t, 10*time.Second)); err == nil {
+			got <- d
+		}
+	}()
+	pub := newPub(t, b)
+	deadline := time.Now().Add(10 * time.Second)
+	for { // routable again once the subscriber has declared the queue anew
+		err := pub.Publish(ctxT(t, 5*time.Second), topic, &broker.Message{ID: "again"})
+		if err == nil {
+			break
+		}
+		if broker.KindOf(err) != semantics.NotFound || time.Now().After(deadline) {
+			t.Fatalf("Publish: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case d := <-got:
+		if d.Message().ID != "again" {
+			t.Errorf("got %q", d.Message().ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the subscriber did not resume after its queue was deleted")
+	}
+}
+
+// Closing the broker ends Receive and Publish with ErrClosed instead of
+// leaving them waiting for a reconnection.
+func TestBrokerCloseEndsSubscribersAndPublishers(t *testing.T) {
+	b := openBroker(t, "", Options{})
+	topic := uniq("brokerclose")
+	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic})
+	pub := newPub(t, b)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := sub.Receive(ctxT(t, 10*time.Second))
+		errc <- err
+	}()
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if broker.KindOf(err) != semantics.Closed {
+			t.Errorf("Receive after Broker.Close = %v, want kind closed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Receive still blocked 5s after Broker.Close")
+	}
+	if err := pub.Publish(ctxT(t, 5*time.Second), topic, &broker.Message{}); broker.KindOf(err) != semantics.Closed {
+		t.Errorf("Publish after Broker.Close = %v, want kind closed", err)
+	}
+}

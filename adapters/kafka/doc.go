@@ -50,8 +50,10 @@
 // record timestamp, user headers as Kafka headers (a header name used twice
 // by a third-party producer keeps its last value). A nil Payload is a
 // tombstone. Keys are hashed with murmur2 exactly as the Java client,
-// kafkajs' default partitioner and franz-go do, so every producer puts a
-// key on the same partition (see Partition). Messages over
+// kafkajs' default partitioner, franz-go, segmentio/kafka-go's
+// Murmur2Balancer and librdkafka's murmur2_random (not its default,
+// consistent_random) do, so those producers put a key on the same partition
+// (see Partition). Messages over
 // max_message_bytes fail with broker.ErrTooLarge before any I/O.
 //
 // # Consuming
@@ -91,26 +93,31 @@
 //     the message, with every later one of its partition, waits in memory
 //     for delay, then comes again in offset order. Order is kept and
 //     nothing is written to Kafka, but a long delay holds up the whole
-//     partition, and the attempt count is kept in memory: it starts over
-//     after a rebalance or a crash (the message itself is still
-//     redelivered, since it was never committed).
+//     partition.
 //   - retry-topic (NackRetryTopic): the message is republished to
 //     <topic>.<group>.retry with its attempt count and due time in headers
-//     and the original is acknowledged. The partition keeps flowing and the
-//     attempt count survives crashes, but a retried message loses its place
-//     in its key's order, and a long delay holds up the retry partition
-//     behind it.
+//     and the original is acknowledged. The partition keeps flowing, but a
+//     retried message loses its place in its key's order, and a long delay
+//     holds up the retry partition behind it.
 //
-// Message.Attempt counts deliveries from 1 (the queuekit-attempt header).
-// With SubscriberOptions.MaxAttempts > 0 a message nacked (or timed out)
-// on its last attempt is published to DeadLetterTopic (default
-// <topic>.dlq) with the reason, attempt count, original topic, partition
-// and offset in headers, then acknowledged.
+// Message.Attempt counts deliveries from 1. Kafka keeps no count, so the
+// adapter does: in memory while a partition stays with a subscriber, in the
+// metadata of every offset commit for the records in flight (so the member
+// that takes a partition over after a crash or rebalance continues the
+// count; deliveries since the last commit before a crash are not counted),
+// and in the queuekit-attempt header of retry-topic records. With
+// SubscriberOptions.MaxAttempts > 0 a message nacked (or timed out) on its
+// last attempt is published to DeadLetterTopic (default <topic>.dlq) with
+// the reason, attempt count, original topic, partition and offset in
+// headers, then acknowledged.
 //
 // # Kafka's own operations
 //
 // Broker.CreateTopic creates topics with configs such as
-// cleanup.policy=compact; Lag reports a group's lag per partition;
-// CheckBalance reports idle members and skewed partitions; NewProcessor runs
-// an exactly-once consume-transform-produce loop on Kafka transactions.
+// cleanup.policy=compact (tombstones, nil payloads, pass through as nil);
+// Lag reports a group's lag per partition, and Backlog the same through
+// broker.BacklogReporter for the queuekit command; CheckBalance reports idle
+// members and skewed partitions; NewProcessor runs an exactly-once
+// consume-transform-produce loop on Kafka transactions. Client, Admin and
+// Subscriber.Client are escape hatches to franz-go.
 package kafka

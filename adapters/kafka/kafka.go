@@ -52,14 +52,13 @@ const (
 	// in memory until the delay has passed, then they are delivered again
 	// in offset order. Offsets are never committed past the nacked record,
 	// so a crash redelivers it. A long delay holds up its whole partition.
-	// The attempt count lives in memory and restarts after a rebalance or
-	// crash. The default.
+	// The default.
 	NackPause NackStrategy = iota
 	// NackRetryTopic republishes the nacked message to a retry topic of the
 	// group (RetryTopic) with the attempt count and the time it is due in
 	// headers, and acknowledges the original: the partition keeps flowing,
-	// but a retried message loses its place in the key's order. The attempt
-	// count survives crashes and rebalances.
+	// but a retried message loses its place in the key's order, and the
+	// retry topic is written to.
 	NackRetryTopic
 )
 

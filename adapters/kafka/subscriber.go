@@ -20,12 +20,13 @@ import (
 	"github.com/queuekit/queuekit/semantics"
 )
 
-// Headers the adapter writes on retry-topic records; they are stripped on
-// delivery.
+// headerRetryAt carries a retry-topic record's due time (unix
+// milliseconds); it is stripped on delivery.
+const headerRetryAt = broker.HeaderPrefix + "retry-at"
+
+// HeaderOriginalPartition and HeaderOriginalOffset locate a dead letter's
+// source record; the adapter sets them next to broker.HeaderOriginalTopic.
 const (
-	headerRetryAt = broker.HeaderPrefix + "retry-at" // unix milliseconds
-	// HeaderOriginalPartition and HeaderOriginalOffset locate a dead
-	// letter's source record.
 	HeaderOriginalPartition = broker.HeaderPrefix + "original-partition"
 	HeaderOriginalOffset    = broker.HeaderPrefix + "original-offset"
 )

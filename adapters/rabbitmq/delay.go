@@ -17,9 +17,9 @@ import (
 // queue "<queue>.qk-delay-<ms>ms" whose message TTL is the delay and whose
 // dead-letter target is the group's queue (through the default exchange),
 // then acks the original. Every message of one delay queue has the same
-// TTL, so none waits behind a longer one; delays are rounded up to two
-// significant digits (1234ms waits 1300ms) to keep the number of delay
-// queues small, and a delay queue unused for an hour past its TTL deletes
+// TTL, so none waits behind a longer one; delays are rounded up to ten
+// steps per decade (1234ms waits 1500ms, see delayMillis) to keep the
+// number of delay queues small, and a delay queue unused for an hour past its TTL deletes
 // itself (x-expires). With quorum queues the delay queue is a quorum queue
 // that dead-letters at-least-once.
 const delayMarker = ".qk-delay-"
@@ -34,23 +34,27 @@ const redeclareAfter = 10 * time.Minute
 
 func isDelayQueue(name string) bool { return strings.Contains(name, delayMarker) }
 
-// delayMillis rounds d up to whole milliseconds with two significant
-// digits.
+// delaySteps are the delay buckets of one decade, in tenths of it.
+var delaySteps = [...]int64{10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100}
+
+// delayMillis rounds d up to whole milliseconds, and from 10ms on up to
+// one of ten steps per decade (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 x 10^k ms):
+// at most 25% longer, and few delay queues even for jittered backoffs.
 func delayMillis(d time.Duration) int64 {
-	ms := (d + time.Millisecond - 1) / time.Millisecond
-	if ms < 1 {
-		return 1
+	ms := int64((d + time.Millisecond - 1) / time.Millisecond)
+	if ms < 10 {
+		return max(ms, 1)
 	}
-	n := int64(ms)
-	scale := int64(1)
-	for n >= 100 {
-		if n%10 != 0 {
-			n += 10
+	decade := int64(1) // ms / decade is in [10, 100)
+	for ms/decade >= 100 {
+		decade *= 10
+	}
+	for _, step := range delaySteps {
+		if step*decade >= ms {
+			return step * decade
 		}
-		n /= 10
-		scale *= 10
 	}
-	return n * scale
+	panic("unreachable")
 }
 
 // delayQueues remembers when each delay queue was last declared.

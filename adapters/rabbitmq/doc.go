@@ -32,7 +32,7 @@
 //     prefetch; that is the backpressure. Ack acknowledges; Nack(0)
 //     requeues at once; Nack(delay) moves the message through a delay queue
 //     whose TTL dead-letters it back, so it returns no sooner than delay
-//     (rounded up to two significant digits).
+//     (rounded up to one of ten steps per decade, at most 25% more).
 //   - Message.Attempt comes from x-delivery-count (quorum queues only; it
 //     is 0 on classic queues), plus the deliveries before a delayed nack.
 //   - With quorum queues and SubscriberOptions.MaxAttempts > 0, the queue

@@ -105,9 +105,10 @@ func TestNackDelayWaitsThenCountsAttempts(t *testing.T) {
 
 func TestDelayMillis(t *testing.T) {
 	for in, want := range map[time.Duration]int64{
-		0: 1, time.Microsecond: 1, 99 * time.Millisecond: 99, 100 * time.Millisecond: 100,
-		1234 * time.Millisecond: 1300, time.Second: 1000, 1001 * time.Millisecond: 1100,
-		time.Minute + time.Millisecond: 61000, 99999 * time.Millisecond: 100000,
+		0: 1, time.Microsecond: 1, 9 * time.Millisecond: 9, 10 * time.Millisecond: 10, 11 * time.Millisecond: 12,
+		99 * time.Millisecond: 100, 100 * time.Millisecond: 100, 101 * time.Millisecond: 120, 1234 * time.Millisecond: 1500,
+		time.Second: 1000, 2600 * time.Millisecond: 3000, 7 * time.Second: 8000, 8001 * time.Millisecond: 10000,
+		time.Minute: 60000, time.Hour: 4000000,
 	} {
 		if got := delayMillis(in); got != want {
 			t.Errorf("delayMillis(%v) = %d, want %d", in, got, want)

@@ -521,8 +521,8 @@ func (d *delivery) Ack(ctx context.Context) error {
 }
 
 // Nack asks for redelivery. With delay 0 the message is requeued at once;
-// otherwise it is moved to a delay queue whose TTL (delay rounded up to two
-// significant digits) dead-letters it back to the group's queue. On a
+// otherwise it is moved to a delay queue whose TTL (delay rounded up to one of
+// ten steps per decade, at most 25% more) dead-letters it back to the group's queue. On a
 // quorum queue with MaxAttempts, a message nacked on its MaxAttempts-th
 // attempt is rejected instead, and RabbitMQ dead-letters it.
 func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {

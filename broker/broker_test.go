@@ -212,3 +212,35 @@ func TestSubscriberOptions(t *testing.T) {
 		t.Error("negative MaxAttempts accepted")
 	}
 }
+
+func TestNewIDIsUniqueAcrossGoroutines(t *testing.T) {
+	const perG, gs = 5000, 8
+	ids := make(chan string, perG*gs)
+	done := make(chan struct{})
+	for range gs {
+		go func() {
+			for range perG {
+				ids <- broker.NewID()
+			}
+			done <- struct{}{}
+		}()
+	}
+	for range gs {
+		<-done
+	}
+	close(ids)
+	seen := make(map[string]bool, perG*gs)
+	for id := range ids {
+		if seen[id] {
+			t.Fatalf("NewID returned %s twice", id)
+		}
+		seen[id] = true
+	}
+}
+
+func BenchmarkNewID(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = broker.NewID()
+	}
+}

@@ -214,6 +214,11 @@ func (c *consumer) dispatch(ctx context.Context, d Delivery) bool {
 			q = c.keyed[fnv32(key)%uint32(len(c.keyed))]
 		}
 	}
+	select { // fast path: a worker has room, no need to watch ctx
+	case q <- d:
+		return true
+	default:
+	}
 	select {
 	case q <- d:
 		return true

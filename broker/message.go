@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"github.com/queuekit/queuekit/semantics"
+	"sync"
 	"time"
 )
 
@@ -87,8 +88,15 @@ func (m *Message) Clone() *Message {
 
 // NewID returns a random (version 4) UUID string.
 func NewID() string {
+	r := idRandPool.Get().(*idRand)
+	if r.off == len(r.buf) {
+		_, _ = rand.Read(r.buf[:]) // crypto/rand.Read never fails
+		r.off = 0
+	}
 	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	copy(b[:], r.buf[r.off:r.off+16])
+	r.off += 16
+	idRandPool.Put(r)
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	var s [36]byte
@@ -103,6 +111,16 @@ func NewID() string {
 	hex.Encode(s[24:], b[10:])
 	return string(s[:])
 }
+
+// idRand is a buffer of random bytes, refilled 64 IDs at a time: one
+// getrandom call per 64 IDs instead of one per ID. Each buffer is used by one
+// goroutine at a time (sync.Pool), so no byte is handed out twice.
+type idRand struct {
+	buf [64 * 16]byte
+	off int
+}
+
+var idRandPool = sync.Pool{New: func() any { return &idRand{off: 64 * 16} }}
 
 // Prepare readies msgs for publishing: it gives an ID to each message that
 // has none, stamps PublishedAt, and checks each against maxSize (0 means no

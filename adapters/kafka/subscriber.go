@@ -41,7 +41,8 @@ type Subscriber struct {
 	opts       broker.SubscriberOptions
 	cl         *kgo.Client
 	retryTopic string // "" unless NackRetryTopic
-	prefetch   int64
+	prefetch   int64 // most deliveries outstanding
+	lowWater   int64 // the poller waits for outstanding to fall to this before fetching more
 	ackTimeout time.Duration
 	commitAck  bool
 	topicIDs   map[[16]byte]string // of the consumed topics, for OffsetFetch v10+
@@ -111,6 +112,7 @@ func (b *Broker) Subscribe(ctx context.Context, opts broker.SubscriberOptions) (
 	if opts.Prefetch > 0 {
 		s.prefetch = int64(opts.Prefetch)
 	}
+	s.lowWater = s.prefetch - max(s.prefetch/4, 1) // fetch in chunks, not one by one
 	topics := []string{opts.Topic}
 	if b.opts.Nack == NackRetryTopic {
 		if !validGroup.MatchString(opts.Group) {
@@ -273,13 +275,13 @@ func (s *Subscriber) signal() {
 }
 
 // release subtracts n settled deliveries from the outstanding count and
-// wakes the poller when there is room again.
+// wakes the poller when it falls to the low-water mark.
 func (s *Subscriber) release(n int64) {
 	if n == 0 {
 		return
 	}
 	v := s.outstanding.Add(-n)
-	if v < s.prefetch && v+n >= s.prefetch {
+	if v <= s.lowWater && v+n > s.lowWater {
 		select {
 		case s.room <- struct{}{}:
 		default:
@@ -291,7 +293,7 @@ func (s *Subscriber) release(n int64) {
 func (s *Subscriber) poll() {
 	defer s.wg.Done()
 	for {
-		for s.outstanding.Load() >= s.prefetch {
+		for s.outstanding.Load() > s.lowWater {
 			select {
 			case <-s.room:
 			case <-s.ctx.Done():

@@ -236,15 +236,20 @@ func (b *Broker) sendSQS(topic, name, queueURL string) func(context.Context, []*
 			finishAll(batch, wrap(op, err))
 			return
 		}
-		results := make([]entryResult, 0, len(batch))
-		for _, s := range out.Successful {
-			results = append(results, entryResult{id: aws.ToString(s.Id)})
-		}
-		for _, f := range out.Failed {
-			results = append(results, entryResult{id: aws.ToString(f.Id), err: entryError(op, aws.ToString(f.Code), aws.ToString(f.Message), f.SenderFault)})
-		}
-		finishBatch(op, batch, results)
+		finishBatch(op, batch, sqsResults(op, out.Successful, func(e types.SendMessageBatchResultEntry) *string { return e.Id }, out.Failed))
 	}
+}
+
+// sqsResults lists the outcome of every entry of an SQS batch response.
+func sqsResults[S any](op string, ok []S, id func(S) *string, failed []types.BatchResultErrorEntry) []entryResult {
+	results := make([]entryResult, 0, len(ok)+len(failed))
+	for _, s := range ok {
+		results = append(results, entryResult{id: aws.ToString(id(s))})
+	}
+	for _, f := range failed {
+		results = append(results, entryResult{id: aws.ToString(f.Id), err: entryError(op, aws.ToString(f.Code), aws.ToString(f.Message), f.SenderFault)})
+	}
+	return results
 }
 
 func (b *Broker) publishSNS(topic, name, topicARN string) func(context.Context, []*job[*encoded]) {

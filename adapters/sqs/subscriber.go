@@ -253,6 +253,11 @@ func (s *Subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (i
 // visible again at once, and stops extending the visibility of deliveries
 // still unsettled, which the queue redelivers when their visibility
 // timeout ends. Deliveries handed out before Close can still be settled.
+//
+// Long polls in flight are abandoned. The queue may still hand such a poll
+// a message that arrives before its wait time ends; that message stays
+// invisible until its visibility timeout ends, then is delivered again —
+// a delay, never a loss. A shorter wait_time narrows the window.
 func (s *Subscriber) Close(ctx context.Context) error {
 	var err error
 	s.closeOnce.Do(func() {
@@ -323,6 +328,10 @@ func (s *Subscriber) poll() {
 			continue
 		}
 		backoff = 100 * time.Millisecond
+		select {
+		case <-s.errs: // polling works again: drop a stale error
+		default:
+		}
 		s.release(n - len(out.Messages))
 		now := time.Now()
 		for _, m := range out.Messages {
@@ -503,14 +512,7 @@ func (s *Subscriber) deleteBatch(ctx context.Context, batch []*job[string]) {
 		finishAll(batch, wrap(op, err))
 		return
 	}
-	results := make([]entryResult, 0, len(batch))
-	for _, r := range out.Successful {
-		results = append(results, entryResult{id: aws.ToString(r.Id)})
-	}
-	for _, f := range out.Failed {
-		results = append(results, entryResult{id: aws.ToString(f.Id), err: entryError(op, aws.ToString(f.Code), aws.ToString(f.Message), f.SenderFault)})
-	}
-	finishBatch(op, batch, results)
+	finishBatch(op, batch, sqsResults(op, out.Successful, func(e types.DeleteMessageBatchResultEntry) *string { return e.Id }, out.Failed))
 }
 
 func (s *Subscriber) changeBatch(ctx context.Context, batch []*job[visChange]) {
@@ -524,14 +526,7 @@ func (s *Subscriber) changeBatch(ctx context.Context, batch []*job[visChange]) {
 		finishAll(batch, wrap(op, err))
 		return
 	}
-	results := make([]entryResult, 0, len(batch))
-	for _, r := range out.Successful {
-		results = append(results, entryResult{id: aws.ToString(r.Id)})
-	}
-	for _, f := range out.Failed {
-		results = append(results, entryResult{id: aws.ToString(f.Id), err: entryError(op, aws.ToString(f.Code), aws.ToString(f.Message), f.SenderFault)})
-	}
-	finishBatch(op, batch, results)
+	finishBatch(op, batch, sqsResults(op, out.Successful, func(e types.ChangeMessageVisibilityBatchResultEntry) *string { return e.Id }, out.Failed))
 }
 
 // ceilSeconds returns d in whole seconds, rounded up, within [lo, hi].

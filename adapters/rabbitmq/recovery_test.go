@@ -243,6 +243,10 @@ func TestRecoveryRabbitmqctlCloseConnection(t *testing.T) {
 	if err != nil {
 		testenv.Unavailable(t, "rabbitmqctl", err, "install rabbitmq-server (it provides rabbitmqctl)")
 	}
+	if out, err := exec.Command(ctl, "-q", "list_connections", "--no-table-headers", "pid").CombinedOutput(); err != nil {
+		testenv.Unavailable(t, "rabbitmqctl", fmt.Errorf("%v: %s", err, out),
+			"run the tests as the user that started rabbitmq-server (rabbitmqctl needs its Erlang cookie)")
+	}
 	name := uniq("qk-ctl")
 	b := dialVia(t, testenv.RabbitMQ(t), Options{ConnectionName: name})
 	closed := make(chan struct{})

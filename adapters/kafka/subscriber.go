@@ -41,8 +41,8 @@ type Subscriber struct {
 	opts       broker.SubscriberOptions
 	cl         *kgo.Client
 	retryTopic string // "" unless NackRetryTopic
-	prefetch   int64 // most deliveries outstanding
-	lowWater   int64 // the poller waits for outstanding to fall to this before fetching more
+	prefetch   int64  // most deliveries outstanding
+	lowWater   int64  // the poller waits for outstanding to fall to this before fetching more
 	ackTimeout time.Duration
 	commitAck  bool
 	topicIDs   map[[16]byte]string // of the consumed topics, for OffsetFetch v10+

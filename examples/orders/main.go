@@ -27,6 +27,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	_ "github.com/queuekit/queuekit/adapters/all"
@@ -40,7 +41,8 @@ func main() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	if err := run(ctx, *url, *orders, os.Stdout); err != nil {
+	topic := "orders-" + strconv.FormatInt(time.Now().UnixNano(), 36) // fresh per run
+	if err := run(ctx, *url, topic, *orders, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "orders:", err)
 		os.Exit(1)
 	}

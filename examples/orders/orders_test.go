@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/adapters/rabbitmq"
 	"github.com/queuekit/queuekit/internal/testenv"
 )
 
@@ -24,7 +26,11 @@ func TestOrders(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()
 			var out bytes.Buffer
-			if err := run(ctx, u, 100, &out); err != nil {
+			topic := "orders-test-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+			if name == "rabbitmq" {
+				t.Cleanup(func() { deleteRabbitQueues(t, u, topic) })
+			}
+			if err := run(ctx, u, topic, 100, &out); err != nil {
 				t.Fatalf("run: %v\n%s", err, out.String())
 			}
 			for _, want := range []string{
@@ -39,5 +45,22 @@ func TestOrders(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// deleteRabbitQueues removes the queues the example declared on the shared
+// server: the groups' queues and their delay queues.
+func deleteRabbitQueues(t *testing.T, url, topic string) {
+	ctx := context.Background()
+	b, err := rabbitmq.Dial(ctx, url, rabbitmq.Options{})
+	if err != nil {
+		t.Logf("cleanup: %v", err)
+		return
+	}
+	defer b.Close(ctx)
+	for _, s := range [][2]string{{topic, "billing"}, {topic + ".dlq", "ops"}, {topic + ".dlq", "billing"}} {
+		if err := b.DeleteSubscription(ctx, s[0], s[1]); err != nil {
+			t.Logf("cleanup %s/%s: %v", s[0], s[1], err)
+		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,13 +37,12 @@ type counts struct {
 	failedOnce                sync.Map // message ID -> struct{}: its injected failure happened
 }
 
-func run(ctx context.Context, url string, orders int, out io.Writer) error {
+func run(ctx context.Context, url, topic string, orders int, out io.Writer) error {
 	b, err := broker.Open(ctx, url)
 	if err != nil {
 		return err
 	}
 	defer b.Close(context.Background())
-	topic := "orders-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 
 	// Subscribe first (the dead-letter topic too), so that brokers which
 	// drop messages nobody subscribed to yet keep every one.

@@ -13,7 +13,6 @@ import (
 
 	wm "github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/queuekit/queuekit/adapters/memory"
 	"github.com/queuekit/queuekit/adapters/rabbitmq"
@@ -38,16 +37,23 @@ func TestRouterOnRabbitMQ(t *testing.T) {
 	url := testenv.RabbitMQ(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	b, err := rabbitmq.Dial(ctx, url, rabbitmq.Options{})
+	var mu sync.Mutex
+	var queues []string
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		testenv.DeleteRabbitMQ(t, url, queues, nil)
+	})
+	b, err := rabbitmq.Dial(ctx, url, rabbitmq.Options{OnDeclare: func(q string) {
+		mu.Lock()
+		queues = append(queues, q)
+		mu.Unlock()
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close(context.Background()) })
-	prefix := "qk-router-" + randomHex()
-	t.Cleanup(func() {
-		deleteQueues(t, url, prefix+"-in.router", prefix+"-out.check")
-	})
-	testRouter(t, b, prefix)
+	testRouter(t, b, "qk-router-"+randomHex())
 }
 
 // testRouter publishes n orders with queuekit, has a Router handler turn each
@@ -217,25 +223,4 @@ func randomHex() string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// deleteQueues removes the queues a RabbitMQ test declared.
-func deleteQueues(t *testing.T, url string, queues ...string) {
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Logf("cleanup: %v", err)
-		return
-	}
-	defer conn.Close()
-	for _, q := range queues {
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Logf("cleanup: %v", err)
-			return
-		}
-		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-			t.Logf("cleanup: delete %s: %v", q, err)
-		}
-		ch.Close()
-	}
 }

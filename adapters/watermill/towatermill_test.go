@@ -115,13 +115,23 @@ func TestSubscriberNackAndClose(t *testing.T) {
 	if _, err := s.Subscribe(ctx, "t"); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Subscribe after Close = %v", err)
 	}
-	other := watermill.NewSubscriber(b, watermill.SubscriberConfig{Subscription: broker.SubscriberOptions{Group: "g"}})
-	defer other.Close()
-	ch2, _ := other.Subscribe(ctx, "t")
-	m = next(t, ch2)
+	comesBack(t, b, "g", "b")
+}
+
+// comesBack checks that a new Watermill subscriber of group gets id on its
+// second attempt.
+func comesBack(t *testing.T, b broker.Broker, group, id string) {
+	t.Helper()
+	s := watermill.NewSubscriber(b, watermill.SubscriberConfig{Subscription: broker.SubscriberOptions{Group: group}})
+	defer s.Close()
+	ch, err := s.Subscribe(ctxT(t), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := next(t, ch)
 	m.Ack()
-	if m.UUID != "b" || m.Metadata.Get(broker.HeaderAttempt) != "2" {
-		t.Errorf("next subscriber got %s %v, want b on attempt 2", m.UUID, m.Metadata)
+	if m.UUID != id || m.Metadata.Get(broker.HeaderAttempt) != "2" {
+		t.Errorf("next subscriber got %s %v, want %s on attempt 2", m.UUID, m.Metadata, id)
 	}
 }
 
@@ -145,14 +155,7 @@ func TestSubscriberContextEnds(t *testing.T) {
 	stop()
 	for range ch {
 	}
-	s2 := watermill.NewSubscriber(b, watermill.SubscriberConfig{})
-	defer s2.Close()
-	ch2, _ := s2.Subscribe(ctx, "t")
-	m := next(t, ch2)
-	m.Ack()
-	if m.UUID != "a" || m.Metadata.Get(broker.HeaderAttempt) != "2" {
-		t.Errorf("got %s %v, want a on attempt 2", m.UUID, m.Metadata)
-	}
+	comesBack(t, b, "", "a")
 }
 
 // InFlight > 1 hands out several messages before the first is settled.

@@ -49,21 +49,35 @@ func publish(t *testing.T, b broker.Broker, topic string, ids ...string) {
 	}
 }
 
-// receiveIDs receives n deliveries, acking each, and returns their IDs.
-func receiveIDs(t *testing.T, sub broker.Subscriber, n int) map[string]bool {
+func subscribe(t *testing.T, b broker.Broker, opts broker.SubscriberOptions) broker.Subscriber {
 	t.Helper()
-	got := map[string]bool{}
-	for len(got) < n {
+	sub, err := b.NewSubscriber(ctxT(t), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Close(context.Background()) })
+	return sub
+}
+
+// nextGets checks that a new subscriber of group "g" on topic receives
+// (and acks) every message in ids.
+func nextGets(t *testing.T, b broker.Broker, topic string, ids ...string) {
+	t.Helper()
+	sub := subscribe(t, b, broker.SubscriberOptions{Topic: topic, Group: "g"})
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	for len(want) > 0 {
 		d, err := sub.Receive(ctxT(t))
 		if err != nil {
-			t.Fatalf("Receive after %d: %v", len(got), err)
+			t.Fatalf("still waiting for %v: %v", want, err)
 		}
-		got[d.Message().ID] = true
+		delete(want, d.Message().ID)
 		if err := d.Ack(ctxT(t)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return got
 }
 
 // Closing a subscriber loses nothing: the delivery it handed out and never
@@ -72,10 +86,7 @@ func receiveIDs(t *testing.T, sub broker.Subscriber, n int) map[string]bool {
 func TestCloseGivesBackWhatItHolds(t *testing.T) {
 	b, topic := open(t)
 	ctx := ctxT(t)
-	first, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "g", Prefetch: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := subscribe(t, b, broker.SubscriberOptions{Topic: topic, Group: "g", Prefetch: 4})
 	publish(t, b, topic, "a", "b", "c", "d")
 	if _, err := first.Receive(ctx); err != nil { // held, never settled
 		t.Fatal(err)
@@ -83,14 +94,7 @@ func TestCloseGivesBackWhatItHolds(t *testing.T) {
 	if err := first.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	next, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "g"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer next.Close(ctx)
-	if got := receiveIDs(t, next, 4); len(got) != 4 {
-		t.Errorf("got %v", got)
-	}
+	nextGets(t, b, topic, "a", "b", "c", "d")
 }
 
 // A delayed nack still waiting when its subscriber closes is released at
@@ -98,10 +102,7 @@ func TestCloseGivesBackWhatItHolds(t *testing.T) {
 func TestDelayedNackReleasedAtClose(t *testing.T) {
 	b, topic := open(t)
 	ctx := ctxT(t)
-	first, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "g", Prefetch: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := subscribe(t, b, broker.SubscriberOptions{Topic: topic, Group: "g", Prefetch: 1})
 	publish(t, b, topic, "late")
 	d, err := first.Receive(ctx)
 	if err != nil {
@@ -113,14 +114,7 @@ func TestDelayedNackReleasedAtClose(t *testing.T) {
 	if err := first.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	next, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "g"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer next.Close(ctx)
-	if got := receiveIDs(t, next, 1); !got["late"] {
-		t.Errorf("got %v", got)
-	}
+	nextGets(t, b, topic, "late")
 }
 
 // With Ordering PerKey the group's queue is single-active-consumer: of two
@@ -129,16 +123,8 @@ func TestPerKeySingleActiveConsumer(t *testing.T) {
 	b, topic := open(t)
 	ctx := ctxT(t)
 	opts := broker.SubscriberOptions{Topic: topic, Group: "g", Ordering: semantics.PerKey}
-	s1, err := b.NewSubscriber(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s1.Close(ctx)
-	s2, err := b.NewSubscriber(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close(ctx)
+	s1 := subscribe(t, b, opts)
+	subscribe(t, b, opts)
 	ids := []string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}
 	publish(t, b, topic, ids...)
 	var got []string

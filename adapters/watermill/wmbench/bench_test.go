@@ -143,6 +143,12 @@ func getRig(b *testing.B, name string, setup func(r *rig) error) *rig {
 	return r
 }
 
+// pair runs the queuekit and watermill sides of a comparison with how.
+func pair(b *testing.B, how func(*testing.B, *rig), queuekit, watermill func(*testing.B) *rig) {
+	b.Run("queuekit", func(b *testing.B) { how(b, queuekit(b)) })
+	b.Run("watermill", func(b *testing.B) { how(b, watermill(b)) })
+}
+
 // measure times r.run(b.N): publishing and consuming b.N messages.
 func measure(b *testing.B, r *rig) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -267,15 +273,11 @@ func watermillRig(r *rig, pub message.Publisher, sub message.Subscriber, topic s
 // BenchmarkMemoryVsGoChannel: queuekit's mem:// broker (memory.Options{})
 // against Watermill's GoChannel (gochannel.Config{}, the default: not
 // persistent, unbuffered).
-func BenchmarkMemoryVsGoChannel(b *testing.B) {
-	b.Run("queuekit", func(b *testing.B) { measure(b, memoryRig(b)) })
-	b.Run("watermill", func(b *testing.B) { measure(b, goChannelRig(b)) })
-}
+func BenchmarkMemoryVsGoChannel(b *testing.B) { pair(b, measure, memoryRig, goChannelRig) }
 
 // BenchmarkMemoryPublishVsGoChannel times the Publish calls alone.
 func BenchmarkMemoryPublishVsGoChannel(b *testing.B) {
-	b.Run("queuekit", func(b *testing.B) { measurePublish(b, memoryRig(b)) })
-	b.Run("watermill", func(b *testing.B) { measurePublish(b, goChannelRig(b)) })
+	pair(b, measurePublish, memoryRig, goChannelRig)
 }
 
 func memoryRig(b *testing.B) *rig {
@@ -299,16 +301,12 @@ func goChannelRig(b *testing.B) *rig {
 // with Consumer.Offsets.Initial = OffsetOldest as its docs show (a consumer
 // group, one message in flight per partition, offsets auto-committed every
 // second). Both on the same kfake cluster, 3 partitions, in a child process.
-func BenchmarkKafkaVsWatermill(b *testing.B) {
-	b.Run("queuekit", func(b *testing.B) { measure(b, kafkaRig(b)) })
-	b.Run("watermill", func(b *testing.B) { measure(b, watermillKafkaRig(b)) })
-}
+func BenchmarkKafkaVsWatermill(b *testing.B) { pair(b, measure, kafkaRig, watermillKafkaRig) }
 
 // BenchmarkKafkaPublishVsWatermill times the Publish calls alone (64
 // messages per call, the consumer draining meanwhile).
 func BenchmarkKafkaPublishVsWatermill(b *testing.B) {
-	b.Run("queuekit", func(b *testing.B) { measurePublish(b, kafkaRig(b)) })
-	b.Run("watermill", func(b *testing.B) { measurePublish(b, watermillKafkaRig(b)) })
+	pair(b, measurePublish, kafkaRig, watermillKafkaRig)
 }
 
 func kafkaRig(b *testing.B) *rig {
@@ -363,16 +361,12 @@ func watermillKafkaRig(b *testing.B) *rig {
 // durable classic queue, persistent messages, prefetch 1) plus
 // Publish.ConfirmDelivery (each message waits for its confirm before the
 // next is sent). Both on the local RabbitMQ.
-func BenchmarkRabbitMQVsWatermill(b *testing.B) {
-	b.Run("queuekit", func(b *testing.B) { measure(b, rabbitMQRig(b)) })
-	b.Run("watermill", func(b *testing.B) { measure(b, watermillAMQPRig(b)) })
-}
+func BenchmarkRabbitMQVsWatermill(b *testing.B) { pair(b, measure, rabbitMQRig, watermillAMQPRig) }
 
 // BenchmarkRabbitMQPublishVsWatermill times the Publish calls alone (64
 // messages per call, the consumer draining meanwhile).
 func BenchmarkRabbitMQPublishVsWatermill(b *testing.B) {
-	b.Run("queuekit", func(b *testing.B) { measurePublish(b, rabbitMQRig(b)) })
-	b.Run("watermill", func(b *testing.B) { measurePublish(b, watermillAMQPRig(b)) })
+	pair(b, measurePublish, rabbitMQRig, watermillAMQPRig)
 }
 
 // suffix makes this run's queue names unique.

@@ -53,6 +53,7 @@ import (
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/middleware"
+	"github.com/queuekit/queuekit/middleware/retry"
 )
 
 // ScopeName is the instrumentation scope of queuekit's meters and tracers.
@@ -271,13 +272,15 @@ func (t *Telemetry) DeadLettered(m *broker.Message, _ error) {
 }
 
 // Retried counts an in-process retry; its signature fits
-// retry.Options.OnRetry.
+// retry.Options.OnRetry in retry.InProcess mode. (In Redelivery mode the
+// redelivery itself is counted, by its Attempt > 1.)
 func (t *Telemetry) Retried(m *broker.Message, _ int, _ error, _ time.Duration) {
 	t.retried.Add(context.Background(), 1, t.attrs(m.Topic).add...)
 }
 
 // Instrument sets o.Observe to Middleware and chains DeadLettered (and
-// Retried, when o.Retry is set) into o's hooks, for middleware.Default.
+// Retried, when o.Retry is set in InProcess mode) into o's hooks, for
+// middleware.Default.
 func (t *Telemetry) Instrument(o *middleware.Options) {
 	o.Observe = t.Middleware()
 	if user := o.DLQ.OnDeadLetter; user != nil {
@@ -285,7 +288,7 @@ func (t *Telemetry) Instrument(o *middleware.Options) {
 	} else {
 		o.DLQ.OnDeadLetter = t.DeadLettered
 	}
-	if o.Retry != nil {
+	if o.Retry != nil && o.Retry.Mode == retry.InProcess {
 		r := *o.Retry
 		if user := r.OnRetry; user != nil {
 			r.OnRetry = func(m *broker.Message, n int, err error, d time.Duration) {

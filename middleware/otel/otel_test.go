@@ -183,8 +183,10 @@ func TestInstrumentCountsDeadLetters(t *testing.T) {
 		e.Publish(t, topic, &broker.Message{ID: "p"})
 		mwtest.Consume(t, sub, h, broker.ConsumeOptions{})
 		_ = mwtest.Receive(t, dead, 20*time.Second).Ack(context.Background())
-		mwtest.Eventually(t, 5*time.Second, func() bool { return s.collect(t, topic)["queuekit.messages.dead_lettered"] == 1 },
-			"dead letter not counted: %v", s.collect(t, topic))
+		mwtest.Eventually(t, 5*time.Second, func() bool {
+			got := s.collect(t, topic)
+			return got["queuekit.messages.dead_lettered"] == 1 && got["queuekit.messages.acked"] == 1
+		}, "dead letter not counted: %v", s.collect(t, topic))
 		got := s.collect(t, topic)
 		if got["queuekit.messages.retried"] != 2 || retries.Load() != 2 || got["queuekit.messages.acked"] != 1 {
 			t.Fatalf("metrics %v, user OnRetry %d: want 2 in-process retries counted (and the user's hook kept), the dead-lettered delivery acked", got, retries.Load())

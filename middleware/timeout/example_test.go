@@ -11,7 +11,7 @@ import (
 )
 
 func ExampleNew() {
-	h := timeout.New(10*time.Millisecond)(broker.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+	h := timeout.New(10 * time.Millisecond)(broker.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		select { // a call that watches its context
 		case <-time.After(time.Minute):
 			return nil

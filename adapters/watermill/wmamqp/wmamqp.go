@@ -28,10 +28,14 @@
 //     subscription it came from hands out nothing else meanwhile). Deliveries
 //     not settled when a subscriber closes or its connection drops are
 //     requeued by RabbitMQ (CrashRedelivery).
-//   - No order is claimed (several consumers per queue, requeues), no
-//     attempt count (watermill-amqp's classic queues have none; it only marks
-//     redeliveries with the _watermill_amqp_redelivered metadata, which
-//     arrives as a header) and no dead-lettering.
+//   - SubscriberOptions.Ordering = PerKey declares the group's queue with
+//     x-single-active-consumer and makes one Subscribe call: one consumer of
+//     the group receives at a time, one message at a time, in queue order
+//     (PerKeyOrdering). A group's Ordering must not change: RabbitMQ refuses
+//     to declare a queue again with other arguments.
+//   - No attempt count (watermill-amqp's classic queues have none; it only
+//     marks redeliveries with the _watermill_amqp_redelivered metadata,
+//     which arrives as a header) and no dead-lettering.
 //   - Messages over MaxMessageSize (default RabbitMQ's 128 MiB) fail before
 //     any I/O.
 //

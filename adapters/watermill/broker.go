@@ -249,12 +249,8 @@ func (p *publisher) Close(ctx context.Context) error {
 	}
 	p.closed = true
 	p.mu.Unlock()
-	done := make(chan struct{})
-	go func() { p.inflight.Wait(); close(done) }()
-	select {
-	case <-done:
+	return within(ctx, p.op+": close, waiting for the publishes in progress", func() error {
+		p.inflight.Wait()
 		return nil
-	case <-ctx.Done():
-		return broker.Errorf(semantics.Transient, p.op, "close: publishes still in progress: %w", ctx.Err())
-	}
+	})
 }

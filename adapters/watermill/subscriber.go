@@ -220,13 +220,10 @@ func (s *subscriber) Close(ctx context.Context) error {
 		if s.wsub != nil {
 			errs = append(errs, within(ctx, s.b.opts.Name+": close subscriber", s.wsub.Close))
 		}
-		done := make(chan struct{})
-		go func() { s.pumps.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			errs = append(errs, broker.Errorf(semantics.Transient, s.b.opts.Name+": close subscriber", "subscriptions still open: %w", ctx.Err()))
-		}
+		errs = append(errs, within(ctx, s.b.opts.Name+": close subscriber, waiting for its subscriptions", func() error {
+			s.pumps.Wait()
+			return nil
+		}))
 		s.b.forget(s)
 		s.closeErr = errors.Join(errs...)
 	})

@@ -162,3 +162,32 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 }
+
+func TestLag(t *testing.T) {
+	c := newCLI(t)
+	ctx := context.Background()
+	sub, err := c.b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "orders", Group: "billing"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close(ctx)
+	pub, _ := c.b.NewPublisher(ctx)
+	defer pub.Close(ctx)
+	if err := pub.Publish(ctx, "orders", &broker.Message{Payload: []byte("a")}, &broker.Message{Payload: []byte("b")}, &broker.Message{Payload: []byte("c")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.Receive(ctx); err != nil { // one in flight, two pending
+		t.Fatal(err)
+	}
+	out, _, err := c.run("", "lag", "-topic", "orders", "-group", "billing")
+	if err != nil {
+		t.Fatalf("lag: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || strings.Join(strings.Fields(lines[1]), " ") != "orders billing 2 1 0 1" {
+		t.Errorf("lag printed:\n%s\nwant pending 2, in flight 1, delayed 0, consumers 1", out)
+	}
+	if _, _, err := c.run("", "lag", "-topic", "orders", "-group", "nobody"); err == nil || !strings.Contains(err.Error(), "no group") {
+		t.Errorf("lag of a missing group: %v", err)
+	}
+}

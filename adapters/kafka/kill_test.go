@@ -41,6 +41,7 @@ type childConfig struct {
 	stopAfter       int
 	commitOnAck     bool
 	transactionalID string
+	session         time.Duration // group session timeout: how soon the killed child leaves the group
 }
 
 func (c childConfig) env() []string {
@@ -49,13 +50,16 @@ func (c childConfig) env() []string {
 		"QK_CHILD_IN="+c.in, "QK_CHILD_OUT="+c.out, "QK_CHILD_GROUP="+c.group,
 		"QK_CHILD_STOP_AFTER="+strconv.Itoa(c.stopAfter),
 		"QK_CHILD_COMMIT_ON_ACK="+strconv.FormatBool(c.commitOnAck),
-		"QK_CHILD_TXN_ID="+c.transactionalID)
+		"QK_CHILD_TXN_ID="+c.transactionalID,
+		"QK_CHILD_SESSION="+c.session.String())
 }
 
 func readChildConfig() childConfig {
 	n, _ := strconv.Atoi(os.Getenv("QK_CHILD_STOP_AFTER"))
 	coa, _ := strconv.ParseBool(os.Getenv("QK_CHILD_COMMIT_ON_ACK"))
+	session, _ := time.ParseDuration(os.Getenv("QK_CHILD_SESSION"))
 	return childConfig{
+		session: session,
 		seeds: strings.Split(os.Getenv("QUEUEKIT_KAFKA_BROKERS"), ","),
 		in:    os.Getenv("QK_CHILD_IN"), out: os.Getenv("QK_CHILD_OUT"), group: os.Getenv("QK_CHILD_GROUP"),
 		stopAfter: n, commitOnAck: coa, transactionalID: os.Getenv("QK_CHILD_TXN_ID"),
@@ -67,7 +71,7 @@ func readChildConfig() childConfig {
 func runChild(role string) int {
 	c := readChildConfig()
 	ctx := context.Background()
-	b, err := New(ctx, Options{Brokers: c.seeds, CommitOnAck: c.commitOnAck, SessionTimeout: time.Second})
+	b, err := New(ctx, Options{Brokers: c.seeds, CommitOnAck: c.commitOnAck, SessionTimeout: c.session})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -113,6 +117,10 @@ func runChild(role string) int {
 // startChild runs role in a child process and returns the lines it prints.
 func startChild(t *testing.T, role string, c childConfig) (*exec.Cmd, <-chan string) {
 	t.Helper()
+	c.session = time.Second // kfake allows it (testenv sets a 500ms minimum)
+	if testenv.KafkaCluster(t) == nil {
+		c.session = 6 * time.Second // Kafka's default group.min.session.timeout.ms
+	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(c.env(), childEnv+"="+role)
 	cmd.Stderr = os.Stderr

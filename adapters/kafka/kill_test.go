@@ -60,8 +60,8 @@ func readChildConfig() childConfig {
 	session, _ := time.ParseDuration(os.Getenv("QK_CHILD_SESSION"))
 	return childConfig{
 		session: session,
-		seeds: strings.Split(os.Getenv("QUEUEKIT_KAFKA_BROKERS"), ","),
-		in:    os.Getenv("QK_CHILD_IN"), out: os.Getenv("QK_CHILD_OUT"), group: os.Getenv("QK_CHILD_GROUP"),
+		seeds:   strings.Split(os.Getenv("QUEUEKIT_KAFKA_BROKERS"), ","),
+		in:      os.Getenv("QK_CHILD_IN"), out: os.Getenv("QK_CHILD_OUT"), group: os.Getenv("QK_CHILD_GROUP"),
 		stopAfter: n, commitOnAck: coa, transactionalID: os.Getenv("QK_CHILD_TXN_ID"),
 	}
 }

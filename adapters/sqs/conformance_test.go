@@ -20,7 +20,8 @@ func TestConformance(t *testing.T) {
 		{"sqs-sns", "&fanout=true"},
 		{"sqs-fifo", "&fanout=true&fifo=true"},
 	} {
-		raw := "sqs://?endpoint=" + url.QueryEscape(ep) + c.params
+		// 1s long polls: Close waits for the polls in flight.
+		raw := "sqs://?wait_time=1s&endpoint=" + url.QueryEscape(ep) + c.params
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel() // separate topics and brokers; mostly waiting on timers
 			conformance.Run(t, conformance.Harness{

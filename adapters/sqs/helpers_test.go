@@ -26,10 +26,12 @@ func topic(t testing.TB) string {
 }
 
 // open opens an sqs:// broker on the test endpoint with extra URL params.
+// Long polls last 1s, so that closing a subscriber, which waits for its
+// polls, is quick.
 func open(t testing.TB, params string) *qsqs.Broker {
 	t.Helper()
 	ep := testenv.SQS(t)
-	raw := "sqs://?endpoint=" + url.QueryEscape(ep)
+	raw := "sqs://?wait_time=1s&endpoint=" + url.QueryEscape(ep)
 	if params != "" {
 		raw += "&" + params
 	}

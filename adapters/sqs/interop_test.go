@@ -52,6 +52,7 @@ func needAWSCLI(t *testing.T) {
 // Messages the aws CLI sends, with attributes of every type, are consumed
 // intact; messages queuekit sends are read intact by the CLI.
 func TestInteropWithAWSCLI(t *testing.T) {
+	t.Parallel()
 	needAWSCLI(t)
 	b := open(t, "")
 	ep := testenv.SQS(t)
@@ -116,6 +117,7 @@ func TestInteropWithAWSCLI(t *testing.T) {
 // In fan-out mode a message the CLI publishes to the SNS topic reaches a
 // group's queue raw, with its attributes.
 func TestInteropSNSPublishFromCLI(t *testing.T) {
+	t.Parallel()
 	needAWSCLI(t)
 	b := open(t, "fanout=true")
 	ep := testenv.SQS(t)

@@ -18,7 +18,7 @@ import (
 
 // publishInflight is how many batch requests one destination has in flight
 // at once (1 for FIFO destinations, to keep their order).
-const publishInflight = 8
+const publishInflight = 16
 
 // batchIDs are the entry IDs of a batch request: the entry's index.
 var batchIDs = func() (ids [maxBatchEntries]string) {

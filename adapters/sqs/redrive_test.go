@@ -39,6 +39,7 @@ func waitDepth(t *testing.T, b *qsqs.Broker, queue string, ok func(qsqs.Depth) b
 // and Redrive moves them back byte for byte, deleting each from the
 // dead-letter queue only once its send succeeded.
 func TestDeadLetterThenRedrivePreservesMessages(t *testing.T) {
+	t.Parallel()
 	b := open(t, "")
 	tp := topic(t)
 	opts := broker.SubscriberOptions{Topic: tp, MaxAttempts: 2, AckTimeout: 5 * time.Second}
@@ -186,6 +187,7 @@ func TestEnsureQueueWiresTheRedrivePolicy(t *testing.T) {
 // On FIFO queues (queue mode) messages of one key arrive in publish order,
 // and the message ID deduplicates.
 func TestFIFOQueueKeepsKeyOrderAndDeduplicates(t *testing.T) {
+	t.Parallel()
 	b := open(t, "fifo=true")
 	tp := topic(t)
 	sub := subscribe(t, b, broker.SubscriberOptions{Topic: tp, Ordering: semantics.PerKey})

@@ -188,7 +188,7 @@ func newCounted(t *testing.T, opts qsqs.Options) (*qsqs.Broker, *countingTranspo
 }
 
 func TestConcurrentPublishesShareBatchesAndAcksToo(t *testing.T) {
-	b, ct := newCounted(t, qsqs.Options{})
+	b, ct := newCounted(t, qsqs.Options{WaitTime: time.Second})
 	tp := topic(t)
 	p := publisher(t, b)
 	if err := p.Publish(context.Background(), tp, &broker.Message{Payload: []byte("warm-up")}); err != nil {
@@ -285,6 +285,7 @@ func TestPerEntryFailureIsAPublishError(t *testing.T) {
 }
 
 func TestNackDelaysRedeliveryAndCountsAttempts(t *testing.T) {
+	t.Parallel()
 	b := open(t, "")
 	tp := topic(t)
 	sub := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: 5 * time.Second})
@@ -323,16 +324,17 @@ func TestNackDelaysRedeliveryAndCountsAttempts(t *testing.T) {
 // A handler that runs longer than the visibility timeout keeps its message:
 // nobody else receives it meanwhile, and its Ack still deletes it.
 func TestVisibilityIsExtendedWhileHeld(t *testing.T) {
+	t.Parallel()
 	b := open(t, "")
 	tp := topic(t)
-	holder := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: time.Second, Prefetch: 1})
-	other := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: time.Second})
+	holder := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: 2 * time.Second, Prefetch: 1})
+	other := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: 2 * time.Second})
 	p := publisher(t, b)
 	if err := p.Publish(context.Background(), tp, &broker.Message{Payload: []byte("long job")}); err != nil {
 		t.Fatal(err)
 	}
 	var d broker.Delivery
-	ctx := ctxT(t, 10*time.Second)
+	ctx := ctxT(t, 20*time.Second) // the receivers outlive every check below
 	got := make(chan broker.Delivery, 2)
 	for _, s := range []broker.Subscriber{holder, other} {
 		go func() {
@@ -342,16 +344,22 @@ func TestVisibilityIsExtendedWhileHeld(t *testing.T) {
 		}()
 	}
 	d = <-got
-	// Hold it for 3.5 visibility timeouts.
+	// Hold it for 2.5 visibility timeouts.
 	select {
 	case d2 := <-got:
 		t.Fatalf("message delivered twice while held: attempts %d and %d", d.Message().Attempt, d2.Message().Attempt)
-	case <-time.After(3500 * time.Millisecond):
+	case <-time.After(5 * time.Second):
 	}
 	if err := d.Ack(context.Background()); err != nil {
-		t.Fatalf("Ack after 3.5s with a 1s visibility timeout: %v", err)
+		t.Fatalf("Ack after 5s with a 2s visibility timeout: %v", err)
 	}
-	nothing(t, other, 2500*time.Millisecond)
+	// Still receiving on the subscriber that did not get it: no redelivery
+	// after the Ack either.
+	select {
+	case d2 := <-got:
+		t.Fatalf("acked message delivered again (attempt %d)", d2.Message().Attempt)
+	case <-time.After(2500 * time.Millisecond):
+	}
 	depth, err := b.Depth(context.Background(), tp, "")
 	if err != nil || depth.Total() != 0 {
 		t.Errorf("Depth = %+v, %v; want empty", depth, err)
@@ -361,6 +369,7 @@ func TestVisibilityIsExtendedWhileHeld(t *testing.T) {
 // A consumer that stops without settling (Close stands in for a crash: the
 // extension stops) leaves the message to be delivered again.
 func TestUnsettledMessagesComeBackAfterClose(t *testing.T) {
+	t.Parallel()
 	b := open(t, "")
 	tp := topic(t)
 	first := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: time.Second})
@@ -376,6 +385,11 @@ func TestUnsettledMessagesComeBackAfterClose(t *testing.T) {
 	}
 	if _, err := first.Receive(context.Background()); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Receive after Close = %v, want ErrClosed", err)
+	}
+	// The other message, received but never handed out, is visible again
+	// at once; the held one stays hidden until its timeout.
+	if d, err := b.Depth(context.Background(), tp, ""); err != nil || d.Visible != 1 || d.InFlight != 1 {
+		t.Errorf("depth right after Close = %+v, %v; want 1 visible (released) and 1 in flight (held)", d, err)
 	}
 	second := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: 5 * time.Second})
 	seen := map[string]int{}
@@ -436,5 +450,28 @@ func TestBrokerDownFailsFast(t *testing.T) {
 	_, err = b.NewSubscriber(context.Background(), broker.SubscriberOptions{Topic: "q"})
 	if err == nil {
 		t.Error("NewSubscriber with the endpoint down succeeded")
+	}
+}
+
+// Close waits for its long polls to end, so no message goes to a poll that
+// nobody reads: one published right after Close is not hidden for the
+// closed subscriber's 30s visibility timeout.
+func TestCloseLeavesNoPollBehind(t *testing.T) {
+	t.Parallel()
+	b := open(t, "wait_time=2s")
+	tp := topic(t)
+	first := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: 30 * time.Second})
+	nothing(t, first, 300*time.Millisecond) // its pollers are waiting in long polls now
+	if err := first.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p := publisher(t, b)
+	m := &broker.Message{Payload: []byte("after close")}
+	if err := p.Publish(context.Background(), tp, m); err != nil {
+		t.Fatal(err)
+	}
+	second := subscribe(t, b, broker.SubscriberOptions{Topic: tp})
+	if got := receive(t, second, 10*time.Second).Message(); got.ID != m.ID || got.Attempt != 1 {
+		t.Errorf("got %s attempt %d, want %s attempt 1", got.ID, got.Attempt, m.ID)
 	}
 }

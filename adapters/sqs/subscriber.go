@@ -249,28 +249,32 @@ func (s *Subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (i
 	return n, nil
 }
 
-// Close stops polling, makes the messages received but not yet handed out
-// visible again at once, and stops extending the visibility of deliveries
-// still unsettled, which the queue redelivers when their visibility
-// timeout ends. Deliveries handed out before Close can still be settled.
+// Close stops polling and waits, while ctx allows, for the long polls in
+// flight to end: SQS may hand a message to a poll whose caller went away,
+// and that message would then stay hidden for its visibility timeout. It
+// then makes the messages received but not yet handed out visible again at
+// once, and stops extending the visibility of deliveries still unsettled,
+// which the queue redelivers when their visibility timeout ends.
+// Deliveries handed out before Close can still be settled.
 //
-// Long polls in flight are abandoned. The queue may still hand such a poll
-// a message that arrives before its wait time ends; that message stays
-// invisible until its visibility timeout ends, then is delivered again —
-// a delay, never a loss. A shorter wait_time narrows the window.
+// The wait lasts up to wait_time (20s by default, so shorten it where
+// subscribers come and go often). When ctx ends first, the polls are
+// abandoned: a message the queue hands one of them is delivered again after
+// its visibility timeout — a delay, never a loss.
 func (s *Subscriber) Close(ctx context.Context) error {
 	var err error
 	s.closeOnce.Do(func() {
 		close(s.closing)
-		s.stopPolling()
-		done := make(chan struct{})
-		go func() { s.pollers.Wait(); <-s.extenderDone; close(done) }()
+		polled := make(chan struct{})
+		go func() { s.pollers.Wait(); close(polled) }()
 		select {
-		case <-done:
+		case <-polled:
 		case <-ctx.Done():
-			err = broker.WrapError(semantics.Transient, "sqs: close subscriber", ctx.Err())
-			return
+			s.stopPolling() // abandon the polls in flight
+			<-polled
 		}
+		s.stopPolling()
+		<-s.extenderDone
 		var back []*delivery
 	drain:
 		for {
@@ -281,17 +285,30 @@ func (s *Subscriber) Close(ctx context.Context) error {
 				break drain
 			}
 		}
+		// Released even when ctx is over: they are ours to give back.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.b.opts.RequestTimeout)
+		defer cancel()
 		for i := 0; i < len(back); i += maxBatchEntries {
 			chunk := back[i:min(i+maxBatchEntries, len(back))]
 			for _, d := range chunk {
 				d.letGo()
 			}
-			if _, cerr := s.changeVisibility(ctx, chunk, 0); cerr != nil && err == nil {
+			if _, cerr := s.changeVisibility(rctx, chunk, 0); cerr != nil && err == nil {
 				err = cerr
 			}
 		}
 	})
 	return err
+}
+
+// stopping reports whether Close has begun.
+func (s *Subscriber) stopping() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
+		return s.pollCtx.Err() != nil
+	}
 }
 
 // poll runs one long-polling loop until Close.
@@ -315,13 +332,13 @@ func (s *Subscriber) poll() {
 		})
 		if err != nil {
 			s.release(n)
-			if s.pollCtx.Err() != nil {
+			if s.stopping() {
 				return
 			}
 			s.report(wrap(op, err))
 			select {
 			case <-time.After(backoff):
-			case <-s.pollCtx.Done():
+			case <-s.closing:
 				return
 			}
 			backoff = min(backoff*2, 5*time.Second)
@@ -388,7 +405,7 @@ const HeaderDecodeError = "queuekit-decode-error"
 
 // acquire takes a full receive's worth of prefetch tokens — MaxMessages,
 // or the whole prefetch when it is smaller — and returns how many, or 0
-// after Close. Waiting for a full batch, rather than polling for whatever
+// once Close has begun. Waiting for a full batch, rather than polling for whatever
 // room there is, keeps receives full when handlers are the bottleneck. One
 // poller gathers at a time, so that pollers holding part of a batch each
 // cannot starve one another.
@@ -399,10 +416,14 @@ func (s *Subscriber) acquire() int {
 	for n := 0; n < want; n++ {
 		select {
 		case <-s.tokens:
-		case <-s.pollCtx.Done():
+		case <-s.closing:
 			s.release(n)
 			return 0
 		}
+	}
+	if s.stopping() {
+		s.release(want)
+		return 0
 	}
 	return want
 }

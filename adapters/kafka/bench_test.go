@@ -172,6 +172,23 @@ func BenchmarkKafkaPublish(b *testing.B) {
 	})
 }
 
+// syntheticTopic starts a synthetic-fetch kfake server and returns a Broker
+// on it, closed when b ends, and a topic on it.
+func syntheticTopic(b *testing.B) (*Broker, string) {
+	addr := kfakeServer(b, "-synthetic", "500", "-value-bytes", fmt.Sprint(benchPayload))
+	ctx := context.Background()
+	kb, err := New(ctx, Options{Brokers: []string{addr}})
+	if err != nil {
+		b.Skipf("kafka: %v", err)
+	}
+	b.Cleanup(func() { _ = kb.Close(ctx) })
+	topic := fmt.Sprint("bench-consume-", time.Now().UnixNano())
+	if err := kb.EnsureTopic(ctx, topic); err != nil {
+		b.Fatal(err)
+	}
+	return kb, topic
+}
+
 // rawConsume is franz-go consuming in a group, calling a handler per record
 // and committing every DefaultCommitInterval: what the adapter does for a
 // user, written by hand.
@@ -202,17 +219,8 @@ func rawConsume(b *testing.B, kb *Broker, topic, group string) {
 // its defaults (one handler, at-least-once acks) over the adapter's
 // subscriber, against franz-go calling the handler in its poll loop.
 func BenchmarkKafkaConsume(b *testing.B) {
-	addr := kfakeServer(b, "-synthetic", "500", "-value-bytes", fmt.Sprint(benchPayload))
+	kb, topic := syntheticTopic(b)
 	ctx := context.Background()
-	kb, err := New(ctx, Options{Brokers: []string{addr}})
-	if err != nil {
-		b.Skipf("kafka: %v", err)
-	}
-	defer kb.Close(ctx)
-	topic := fmt.Sprint("bench-consume-", time.Now().UnixNano())
-	if err := kb.EnsureTopic(ctx, topic); err != nil {
-		b.Fatal(err)
-	}
 	var round atomic.Int64
 
 	b.Run("raw", func(b *testing.B) { rawConsume(b, kb, topic, fmt.Sprint("raw-", round.Add(1))) })
@@ -252,17 +260,8 @@ func BenchmarkKafkaConsume(b *testing.B) {
 // BenchmarkKafkaReceive measures the adapter alone: ReceiveBatch and Ack in
 // one loop, no Consume.
 func BenchmarkKafkaReceive(b *testing.B) {
-	addr := kfakeServer(b, "-synthetic", "500", "-value-bytes", fmt.Sprint(benchPayload))
+	kb, topic := syntheticTopic(b)
 	ctx := context.Background()
-	kb, err := New(ctx, Options{Brokers: []string{addr}})
-	if err != nil {
-		b.Skipf("kafka: %v", err)
-	}
-	defer kb.Close(ctx)
-	topic := fmt.Sprint("bench-receive-", time.Now().UnixNano())
-	if err := kb.EnsureTopic(ctx, topic); err != nil {
-		b.Fatal(err)
-	}
 	b.Run("raw", func(b *testing.B) { rawConsume(b, kb, topic, fmt.Sprint("raw-", time.Now().UnixNano())) })
 	b.Run("queuekit", func(b *testing.B) {
 		sub, err := kb.Subscribe(ctx, broker.SubscriberOptions{Topic: topic, Group: fmt.Sprint("r-", time.Now().UnixNano())})

@@ -41,7 +41,7 @@ func (b *Broker) NewPublisher(ctx context.Context) (broker.Publisher, error) {
 // *broker.PublishError naming them. If ctx ends first, the messages not yet
 // acknowledged are reported failed with a Transient error: they may still
 // be written.
-func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*Message) error {
+func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*broker.Message) error {
 	const op = "kafka: publish"
 	if topic == "" {
 		return errf(semantics.InvalidArgument, op, "topic is required")
@@ -66,12 +66,9 @@ func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*Message)
 	return produce(ctx, p.b.cl, topic, msgs)
 }
 
-// Message is broker.Message, named here for brevity in signatures.
-type Message = broker.Message
-
 // produce sends msgs as records of topic on cl and waits for every promise
 // (or ctx).
-func produce(ctx context.Context, cl *kgo.Client, topic string, msgs []*Message) error {
+func produce(ctx context.Context, cl *kgo.Client, topic string, msgs []*broker.Message) error {
 	const op = "kafka: publish"
 	recs := toRecords(topic, msgs)
 	w := newWaiter(recs)
@@ -103,7 +100,7 @@ func produce(ctx context.Context, cl *kgo.Client, topic string, msgs []*Message)
 
 // toRecords converts msgs into records sharing a few arena allocations. An
 // empty topic sends each message to its own Topic.
-func toRecords(topic string, msgs []*Message) []kgo.Record {
+func toRecords(topic string, msgs []*broker.Message) []kgo.Record {
 	nh, nb := 0, 0
 	for _, m := range msgs {
 		nh += 1 + len(m.Headers)

@@ -45,6 +45,10 @@
 // whole seconds (ChangeMessageVisibilityBatch). Message.Attempt is the
 // ApproximateReceiveCount. broker.Consume gives at-least-once (ack after
 // the handler) or at-most-once (ack, that is delete, before the handler).
+// Subscriber.Close lets the long polls in flight end rather than abandon
+// them, because SQS hands messages to abandoned polls too, and those would
+// stay hidden for a visibility timeout; it then makes the messages it
+// received but never handed out visible again.
 //
 // With SubscriberOptions.MaxAttempts > 0 a message is dead-lettered after
 // that many deliveries. In queue mode the queue gets a RedrivePolicy with
@@ -90,7 +94,8 @@
 //	                    without it the default AWS credential chain is used
 //	fifo                true: FIFO queues and topics, per-key order (false)
 //	fanout              true: SNS topics with a queue per group (false)
-//	wait_time           long-poll time per receive, 0s-20s (20s)
+//	wait_time           long-poll time per receive, 0s-20s (20s); Subscriber.Close
+//	                    waits up to this long for the polls in flight
 //	visibility_timeout  default visibility timeout (30s)
 //	max_messages        messages per receive, 1-10 (10)
 //	pollers             concurrent receives per subscriber (2)

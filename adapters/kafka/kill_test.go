@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,7 +32,11 @@ func TestMain(m *testing.M) {
 	if role := os.Getenv(childEnv); role != "" {
 		os.Exit(runChild(role))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if kfakeBuild.path != "" { // built by the benchmarks
+		_ = os.RemoveAll(filepath.Dir(kfakeBuild.path))
+	}
+	os.Exit(code)
 }
 
 // childConfig is what a child reads from its environment.

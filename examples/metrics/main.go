@@ -94,6 +94,8 @@ func run(ctx context.Context, url string, n int, listen string, out io.Writer) e
 	}
 	defer b.Close(context.Background())
 	topic := "metrics-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	defer forget(b, dlq.Topic(topic), "ops")
+	defer forget(b, topic, "billing")
 	dead, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: dlq.Topic(topic), Group: "ops"})
 	if err != nil {
 		return err
@@ -193,6 +195,20 @@ func run(ctx context.Context, url string, n int, listen string, out io.Writer) e
 		<-ctx.Done()
 	}
 	return nil
+}
+
+// forget deletes a subscription where it outlives its subscribers
+// (RabbitMQ queues), so that runs leave nothing behind.
+func forget(b broker.Broker, topic, group string) {
+	if d, ok := b.(interface {
+		DeleteSubscription(ctx context.Context, topic, group string) error
+	}); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := d.DeleteSubscription(ctx, topic, group); err != nil {
+			fmt.Fprintln(os.Stderr, "metrics: cleanup:", err)
+		}
+	}
 }
 
 // lagOf returns the group's backlog where the adapter tells it.

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	ps "cloud.google.com/go/pubsub/v2"
-	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/google/uuid"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
@@ -21,14 +20,14 @@ import (
 	"github.com/queuekit/queuekit/internal/testenv"
 )
 
-// The benchmarks run against testenv.PubSub: an in-process pstest server
-// unless PUBSUB_EMULATOR_HOST points elsewhere. In process, the server's own
-// work (and allocations) is counted too, and pstest pushes one message per
-// stream every 10ms tick at best, so consuming measures mostly pstest; the
-// raw and queuekit rows use the same client settings (8 streams, SDK
-// batching defaults) and put the same message on the wire (payload, one
-// header, and the ID and publish-time attributes queuekit adds), so their
-// ratio is the adapter's overhead.
+// The benchmarks run against a pstest server in its own process
+// (testenv.PubSubServer) unless PUBSUB_EMULATOR_HOST points elsewhere, so the
+// allocations and CPU time they report are the client's only. pstest pushes
+// one message per stream every 10ms tick at best, so consuming measures
+// mostly pstest; the raw and queuekit rows use the same client settings (8
+// streams, SDK batching defaults) and put the same message on the wire
+// (payload, one header, and the ID and publish-time attributes queuekit
+// adds), so their ratio is the adapter's overhead.
 
 const (
 	benchPayload = 256
@@ -36,19 +35,17 @@ const (
 	benchStreams = 8
 )
 
-// benchClient returns an SDK client for a fresh in-process pstest server
-// (or PUBSUB_EMULATOR_HOST's emulator) and the queuekit broker over it. A
-// fresh server per run, because pstest keeps every message it was ever sent,
-// and a heap grown by the previous run would slow down the next one.
+// benchClient returns an SDK client for a fresh pstest server (or
+// PUBSUB_EMULATOR_HOST's emulator) and the queuekit broker over it. A fresh
+// server per run, because pstest keeps every message it was ever sent, and
+// a heap grown by the previous run would slow down the next one.
 func benchClient(b *testing.B) (*ps.Client, *qpubsub.Broker) {
 	b.Helper()
 	project, emulator := testenv.DefaultPubSubProject, ""
 	if os.Getenv("PUBSUB_EMULATOR_HOST") != "" || os.Getenv("QUEUEKIT_PUBSUB_PROJECT") != "" {
 		project, emulator = testenv.PubSub(b)
 	} else {
-		srv := pstest.NewServerWithAddress("127.0.0.1:0")
-		b.Cleanup(func() { _ = srv.Close() })
-		emulator = srv.Addr
+		emulator = testenv.PubSubServer(b)
 	}
 	var copts []option.ClientOption
 	if emulator != "" {
@@ -68,8 +65,8 @@ func benchClient(b *testing.B) (*ps.Client, *qpubsub.Broker) {
 }
 
 // measure runs fn, which handles n messages, and reports msgs/s,
-// allocs/msg and cpu-us/msg (both process-wide, so pstest's share is
-// included; CPU time is steadier than wall time on a busy machine).
+// allocs/msg and cpu-us/msg (of this process, not the server's; CPU time is
+// steadier than wall time on a busy machine).
 func measure(b *testing.B, n int, fn func()) {
 	var before, after runtime.MemStats
 	runtime.GC()

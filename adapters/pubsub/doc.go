@@ -71,7 +71,11 @@
 //     into the closing stream meanwhile: that one comes back when its lease
 //     (AckTimeout) runs out. The SDK's other shutdown mode, which closes the
 //     stream first, is not used because it returns before the last acks
-//     are sent, and an ack that returned nil must not be lost.
+//     are sent, and an ack that returned nil must not be lost. Close waits
+//     no longer than its ctx: when ctx ends first, it returns a Transient
+//     error naming the subscription, the client finishes in the background,
+//     and calling Close again waits for it. (An ack the client never sends
+//     only makes Pub/Sub redeliver that message.)
 //   - Message.Attempt is Pub/Sub's DeliveryAttempt, which Pub/Sub reports
 //     only on subscriptions with a dead-letter policy. Without one, the
 //     Broker counts the deliveries its subscribers get of each message (a
@@ -83,8 +87,11 @@
 //     letter is dropped. Pub/Sub accepts 5 to 100 attempts, and its service
 //     agent needs the publisher role on the dead-letter topic and the
 //     subscriber role on the subscription. The pstest emulator accepts any
-//     count but keeps forwarding a dead letter again and again: consumers of
-//     its dead-letter topic see duplicates (same queuekit-id).
+//     count but keeps forwarding a dead letter again and again, until the
+//     subscription is deleted: consumers of its dead-letter topic see
+//     duplicates (same queuekit-id) that reuse one ack ID, which can stall
+//     their Close until ctx ends (the client loses track of a copy that
+//     arrives while its nack of the one before is pending).
 //   - Pub/Sub's API offers no backlog count (Cloud Monitoring's
 //     subscription/num_undelivered_messages has it), so there is none here.
 //

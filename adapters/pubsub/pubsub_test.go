@@ -12,7 +12,6 @@ import (
 
 	ps "cloud.google.com/go/pubsub/v2"
 	pb "cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"cloud.google.com/go/pubsub/v2/pstest"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -79,7 +78,13 @@ func newSubscriber(t testing.TB, b broker.Broker, opts broker.SubscriberOptions)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.Close(ctx); err != nil {
+			t.Errorf("closing the subscriber of %s: %v", opts.Topic, err)
+		}
+	})
 	return s
 }
 
@@ -244,22 +249,14 @@ func TestLargestMessageIsAccepted(t *testing.T) {
 	_ = d.Ack(ctx)
 }
 
-// failingPublish makes pstest refuse Publish requests while on is set.
-type failingPublish struct{ on atomic.Bool }
-
-func (f *failingPublish) React(any) (bool, any, error) {
-	if f.on.Load() {
-		return true, nil, status.Error(codes.PermissionDenied, "injected failure")
-	}
-	return false, nil, nil
-}
+// failAttr is the attribute that makes the pstest server of
+// TestPublishResumesOrderingKeyAfterError refuse a publish.
+const failAttr = "qk-test-fail"
 
 func TestPublishResumesOrderingKeyAfterError(t *testing.T) {
 	ctx := testCtx(t)
-	fail := &failingPublish{}
-	srv := pstest.NewServerWithAddress("127.0.0.1:0", pstest.ServerReactorOption{FuncName: "Publish", Reactor: fail})
-	t.Cleanup(func() { _ = srv.Close() })
-	b, err := broker.Open(ctx, "gcppubsub://p?emulator="+srv.Addr)
+	srv := testenv.PubSubServer(t, "-fail-publish-attr", failAttr)
+	b, err := broker.Open(ctx, "gcppubsub://p?emulator="+srv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,21 +266,20 @@ func TestPublishResumesOrderingKeyAfterError(t *testing.T) {
 	if err := p.Publish(ctx, topic, &broker.Message{Key: "k"}); err != nil { // creates the topic
 		t.Fatal(err)
 	}
-	fail.on.Store(true)
-	msgs := []*broker.Message{{Key: "k"}, {Key: "k"}, {Key: "k"}}
+	refused := map[string]string{failAttr: "1"}
+	msgs := []*broker.Message{{Key: "k", Headers: refused}, {Key: "k", Headers: refused}, {Key: "k", Headers: refused}}
 	err = p.Publish(ctx, topic, msgs...)
 	var pe *broker.PublishError
 	if !errors.As(err, &pe) || len(pe.Failed) != 3 {
-		t.Fatalf("Publish during failure = %v, want a PublishError for all 3 messages", err)
+		t.Fatalf("Publish of refused messages = %v, want a PublishError for all 3", err)
 	}
 	for i, f := range pe.Failed {
 		if f.Index != i || f.ID != msgs[i].ID {
 			t.Errorf("failure %d = %+v", i, f)
 		}
 	}
-	fail.on.Store(false)
 	if err := p.Publish(ctx, topic, &broker.Message{Key: "k"}); err != nil {
-		t.Fatalf("Publish after the failure cleared = %v; the ordering key was not resumed", err)
+		t.Fatalf("Publish after the refused ones = %v; the ordering key was not resumed", err)
 	}
 }
 
@@ -384,6 +380,44 @@ func TestCloseGivesBackUnsettled(t *testing.T) {
 	_ = d.Ack(ctx)
 }
 
+// Close with a ctx that has ended does not wait for the client's shutdown:
+// it reports (Transient, naming the subscription) that the shutdown goes on,
+// unless that is already over; a later Close waits for it. The unsettled
+// delivery is given back either way.
+func TestCloseWithEndedContext(t *testing.T) {
+	ctx := testCtx(t)
+	b := openBroker(t)
+	topic := name("closectx")
+	opts := broker.SubscriberOptions{Topic: topic, Group: "g", AckTimeout: 60 * time.Second}
+	first, err := b.NewSubscriber(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := newPublisher(t, b).Publish(ctx, topic, &broker.Message{Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	held := receive(t, ctx, first)
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	err = first.Close(ended)
+	t.Logf("Close(ended ctx) = %v", err)
+	if err != nil && (broker.KindOf(err) != semantics.Transient || !errors.Is(err, context.Canceled) ||
+		!strings.Contains(err.Error(), qpubsub.DefaultSubscriptionName(topic, "g"))) {
+		t.Errorf("Close(ended ctx) = %v, want nil or a transient error naming the subscription", err)
+	}
+	if err := first.Close(ctx); err != nil {
+		t.Errorf("second Close = %v, want nil once the shutdown is over", err)
+	}
+	second := newSubscriber(t, b, opts)
+	rctx, stop := context.WithTimeout(ctx, 10*time.Second)
+	defer stop()
+	if d := receive(t, rctx, second); d.Message().ID != held.Message().ID {
+		t.Errorf("got %s, want the unsettled %s", d.Message().ID, held.Message().ID)
+	} else {
+		_ = d.Ack(ctx)
+	}
+}
+
 func TestPrefetchIsBackpressure(t *testing.T) {
 	ctx := testCtx(t)
 	b := openBroker(t)
@@ -458,6 +492,10 @@ func TestDeadLetterPolicy(t *testing.T) {
 	}
 	// The adapter created <topic>.dlq and its subscription for group g.
 	dead := newSubscriber(t, b, broker.SubscriberOptions{Topic: topic + ".dlq", Group: "g"})
+	// pstest forwards the dead letter again and again until the
+	// subscription goes (see stopDeadLettering): delete it before dead
+	// closes (cleanups run last registered first).
+	t.Cleanup(func() { _ = b.DeleteSubscription(context.Background(), qpubsub.DefaultSubscriptionName(topic, "g")) })
 	d := receive(t, ctx, dead)
 	if d.Message().ID != in.ID || string(d.Message().Payload) != "poison" || d.Message().Header("h") != "v" {
 		t.Errorf("dead letter = %+v, want the poison message", d.Message())

@@ -222,27 +222,36 @@ func (s *subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (i
 
 // Close stops receiving: deliveries not settled yet are nacked (a pending
 // delayed Nack is cut short) so that the broker redelivers them at once,
-// and Close waits, no longer than ctx, for the client to send the last acks
-// and nacks.
+// and Close waits, no longer than ctx, for the client to finish its
+// shutdown, which sends the last acks and nacks. When ctx ends first, Close
+// returns a Transient error and the shutdown goes on in the background;
+// Close may be called again to wait for it.
 func (s *subscriber) Close(ctx context.Context) error {
 	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil
+	if !s.closed {
+		s.closed = true
+		close(s.closing)
+		if s.running {
+			s.cancel()
+		}
 	}
-	s.closed = true
-	close(s.closing)
-	running, cancel, done := s.running, s.cancel, s.done
+	running, done := s.running, s.done
 	s.mu.Unlock()
 	if !running {
 		return nil
 	}
-	cancel()
+	select {
+	case <-done:
+		return nil
+	default:
+	}
 	select {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		return broker.Errorf(semantics.Transient, "gcppubsub: close subscriber", "acks and nacks still in flight: %w", ctx.Err())
+		return broker.Errorf(semantics.Transient, "gcppubsub: close subscriber",
+			"%s: the client has not finished sending the last acks and nacks: %w (it goes on in the background; a message whose ack is not sent when the process exits is redelivered)",
+			s.subName, ctx.Err())
 	}
 }
 

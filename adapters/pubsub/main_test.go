@@ -1,0 +1,17 @@
+package pubsub_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/queuekit/queuekit/internal/testenv"
+)
+
+// TestMain stops the pstest server process the tests share before the test
+// binary exits, so that no process outlives `go test`. (Should the binary
+// die first, the server still exits: it watches its standard input.)
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.StopServers()
+	os.Exit(code)
+}

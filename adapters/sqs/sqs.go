@@ -72,7 +72,8 @@ type Options struct {
 	// either way.
 	FIFO bool
 	// WaitTime is how long one ReceiveMessage long-polls, 0 to 20s;
-	// default 20s. Negative means 0 (short polling).
+	// default 20s. Negative means 0: short polling, with a 200ms rest
+	// after an empty receive.
 	WaitTime time.Duration
 	// VisibilityTimeout is how long a received message stays hidden from
 	// other consumers, in whole seconds (rounded up), unless
@@ -85,8 +86,8 @@ type Options struct {
 	// running at once; default 2.
 	Pollers int
 	// MaxExtension bounds the automatic visibility extension: a delivery
-	// held unsettled longer than this is no longer extended and the queue
-	// redelivers it. Default 1h.
+	// held unsettled longer than this is no longer extended (nor counted
+	// against Prefetch) and the queue redelivers it. Default 1h.
 	MaxExtension time.Duration
 	// MaxMessageSize is the largest message Publish sends, by
 	// broker.Message.Size; default DefaultMaxMessageSize (256 KiB), or

@@ -475,3 +475,24 @@ func TestCloseLeavesNoPollBehind(t *testing.T) {
 		t.Errorf("got %s attempt %d, want %s attempt 1", got.ID, got.Attempt, m.ID)
 	}
 }
+
+// A delivery held past max_extension is no longer extended: SQS delivers
+// it again, and the prefetch slot it held is free (Prefetch 1 here).
+func TestMaxExtensionLetsGo(t *testing.T) {
+	t.Parallel()
+	b := open(t, "max_extension=1500ms&wait_time=0s")
+	tp := topic(t)
+	sub := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: time.Second, Prefetch: 1})
+	p := publisher(t, b)
+	if err := p.Publish(context.Background(), tp, &broker.Message{Payload: []byte("forgotten")}); err != nil {
+		t.Fatal(err)
+	}
+	first := receive(t, sub, 10*time.Second)
+	again := receive(t, sub, 10*time.Second) // never settled the first: needs the freed slot
+	if again.Message().ID != first.Message().ID || again.Message().Attempt != 2 {
+		t.Errorf("got %s attempt %d, want %s again with attempt 2", again.Message().ID, again.Message().Attempt, first.Message().ID)
+	}
+	if err := again.Ack(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

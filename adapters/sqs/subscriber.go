@@ -349,6 +349,13 @@ func (s *Subscriber) poll() {
 		case <-s.errs: // polling works again: drop a stale error
 		default:
 		}
+		if len(out.Messages) == 0 && waitSecs == 0 {
+			// Short polling on an empty queue: do not spin.
+			select {
+			case <-time.After(shortPollPause):
+			case <-s.closing:
+			}
+		}
 		s.release(n - len(out.Messages))
 		now := time.Now()
 		for _, m := range out.Messages {
@@ -368,6 +375,10 @@ func (s *Subscriber) poll() {
 		}
 	}
 }
+
+// shortPollPause is how long a poller rests after an empty receive when
+// long polling is off (wait_time=0).
+const shortPollPause = 200 * time.Millisecond
 
 // forwardTries is how many times a fan-out subscriber tries to forward a
 // dead letter to the dead-letter topic before the queue's RedrivePolicy
@@ -465,13 +476,20 @@ func (s *Subscriber) extend() {
 		}
 		now := time.Now()
 		var due []*delivery
+		var expired []*delivery
 		s.mu.Lock()
 		for d := range s.outstanding {
-			if d.deadline.Sub(now) < s.vis/2 && now.Sub(d.received) < s.b.opts.MaxExtension {
+			switch {
+			case now.Sub(d.received) >= s.b.opts.MaxExtension:
+				expired = append(expired, d)
+			case d.deadline.Sub(now) < s.vis/2:
 				due = append(due, d)
 			}
 		}
 		s.mu.Unlock()
+		for _, d := range expired {
+			d.letGo() // held too long: SQS will redeliver it; its prefetch slot is free
+		}
 		for i := 0; i < len(due); i += maxBatchEntries {
 			chunk := due[i:min(i+maxBatchEntries, len(due))]
 			ctx, cancel := context.WithTimeout(s.pollCtx, s.b.opts.RequestTimeout)

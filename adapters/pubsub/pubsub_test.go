@@ -347,74 +347,55 @@ func TestNackDelayAndAttempts(t *testing.T) {
 	_ = d.Ack(ctx)
 }
 
+// Close gives back a delivery not settled yet: a new subscriber of the
+// group gets it at once. Close with a ctx that has ended does not wait for
+// the client's shutdown: it reports (Transient, naming the subscription)
+// that the shutdown goes on, unless that is already over, and a later Close
+// waits for it.
 func TestCloseGivesBackUnsettled(t *testing.T) {
-	ctx := testCtx(t)
-	b := openBroker(t)
-	topic := name("close")
-	opts := broker.SubscriberOptions{Topic: topic, Group: "g", AckTimeout: 60 * time.Second}
-	first, err := b.NewSubscriber(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := newPublisher(t, b).Publish(ctx, topic, &broker.Message{Payload: []byte("x")}); err != nil {
-		t.Fatal(err)
-	}
-	held := receive(t, ctx, first)
-	if err := first.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := held.Ack(ctx); broker.KindOf(err) != semantics.Closed {
-		t.Errorf("Ack after Close = %v, want a closed error", err)
-	}
-	if _, err := first.Receive(ctx); !errors.Is(err, broker.ErrClosed) {
-		t.Errorf("Receive after Close = %v, want ErrClosed", err)
-	}
-	// Redelivered at once, well before the 60 s ack deadline.
-	second := newSubscriber(t, b, opts)
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	d := receive(t, rctx, second)
-	if d.Message().ID != held.Message().ID {
-		t.Errorf("got %s, want the unsettled %s", d.Message().ID, held.Message().ID)
-	}
-	_ = d.Ack(ctx)
-}
-
-// Close with a ctx that has ended does not wait for the client's shutdown:
-// it reports (Transient, naming the subscription) that the shutdown goes on,
-// unless that is already over; a later Close waits for it. The unsettled
-// delivery is given back either way.
-func TestCloseWithEndedContext(t *testing.T) {
-	ctx := testCtx(t)
-	b := openBroker(t)
-	topic := name("closectx")
-	opts := broker.SubscriberOptions{Topic: topic, Group: "g", AckTimeout: 60 * time.Second}
-	first, err := b.NewSubscriber(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := newPublisher(t, b).Publish(ctx, topic, &broker.Message{Payload: []byte("x")}); err != nil {
-		t.Fatal(err)
-	}
-	held := receive(t, ctx, first)
-	ended, cancel := context.WithCancel(ctx)
-	cancel()
-	err = first.Close(ended)
-	t.Logf("Close(ended ctx) = %v", err)
-	if err != nil && (broker.KindOf(err) != semantics.Transient || !errors.Is(err, context.Canceled) ||
-		!strings.Contains(err.Error(), qpubsub.DefaultSubscriptionName(topic, "g"))) {
-		t.Errorf("Close(ended ctx) = %v, want nil or a transient error naming the subscription", err)
-	}
-	if err := first.Close(ctx); err != nil {
-		t.Errorf("second Close = %v, want nil once the shutdown is over", err)
-	}
-	second := newSubscriber(t, b, opts)
-	rctx, stop := context.WithTimeout(ctx, 10*time.Second)
-	defer stop()
-	if d := receive(t, rctx, second); d.Message().ID != held.Message().ID {
-		t.Errorf("got %s, want the unsettled %s", d.Message().ID, held.Message().ID)
-	} else {
-		_ = d.Ack(ctx)
+	for _, ended := range []bool{false, true} {
+		t.Run(fmt.Sprint("ended=", ended), func(t *testing.T) {
+			ctx := testCtx(t)
+			b := openBroker(t)
+			topic := name("close")
+			opts := broker.SubscriberOptions{Topic: topic, Group: "g", AckTimeout: 60 * time.Second}
+			first, err := b.NewSubscriber(ctx, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := newPublisher(t, b).Publish(ctx, topic, &broker.Message{Payload: []byte("x")}); err != nil {
+				t.Fatal(err)
+			}
+			held := receive(t, ctx, first)
+			if ended {
+				cctx, cancel := context.WithCancel(ctx)
+				cancel()
+				err := first.Close(cctx)
+				t.Logf("Close(ended ctx) = %v", err)
+				if err != nil && (broker.KindOf(err) != semantics.Transient || !errors.Is(err, context.Canceled) ||
+					!strings.Contains(err.Error(), qpubsub.DefaultSubscriptionName(topic, "g"))) {
+					t.Errorf("Close(ended ctx) = %v, want nil or a transient error naming the subscription", err)
+				}
+			}
+			if err := first.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := held.Ack(ctx); broker.KindOf(err) != semantics.Closed {
+				t.Errorf("Ack after Close = %v, want a closed error", err)
+			}
+			if _, err := first.Receive(ctx); !errors.Is(err, broker.ErrClosed) {
+				t.Errorf("Receive after Close = %v, want ErrClosed", err)
+			}
+			// Redelivered at once, well before the 60 s ack deadline.
+			second := newSubscriber(t, b, opts)
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			d := receive(t, rctx, second)
+			if d.Message().ID != held.Message().ID {
+				t.Errorf("got %s, want the unsettled %s", d.Message().ID, held.Message().ID)
+			}
+			_ = d.Ack(ctx)
+		})
 	}
 }
 

@@ -118,6 +118,7 @@ func TestDeadLetterThenRedrivePreservesMessages(t *testing.T) {
 
 // A message whose send back fails stays in the dead-letter queue.
 func TestRedriveKeepsWhatItCouldNotSend(t *testing.T) {
+	t.Parallel()
 	b := open(t, "")
 	tp := topic(t)
 	src, err := b.EnsureQueue(context.Background(), qsqs.QueueName(tp, false), qsqs.QueueSpec{})
@@ -156,6 +157,7 @@ func TestRedriveKeepsWhatItCouldNotSend(t *testing.T) {
 }
 
 func TestEnsureQueueWiresTheRedrivePolicy(t *testing.T) {
+	t.Parallel()
 	b := open(t, "")
 	name := qsqs.QueueName(topic(t), true)
 	info, err := b.EnsureQueue(context.Background(), name, qsqs.QueueSpec{FIFO: true, DeadLetterQueue: name[:len(name)-5] + "-dlq", MaxReceiveCount: 4})

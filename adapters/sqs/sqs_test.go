@@ -87,6 +87,7 @@ func TestTooLargeRefusedBeforeAnyRequest(t *testing.T) {
 }
 
 func TestRoundTripKeepsPayloadHeadersAndIdentity(t *testing.T) {
+	t.Parallel()
 	b := open(t, "")
 	tp := topic(t)
 	sub := subscribe(t, b, broker.SubscriberOptions{Topic: tp})
@@ -188,6 +189,7 @@ func newCounted(t *testing.T, opts qsqs.Options) (*qsqs.Broker, *countingTranspo
 }
 
 func TestConcurrentPublishesShareBatchesAndAcksToo(t *testing.T) {
+	t.Parallel()
 	b, ct := newCounted(t, qsqs.Options{WaitTime: time.Second})
 	tp := topic(t)
 	p := publisher(t, b)
@@ -246,6 +248,7 @@ func TestConcurrentPublishesShareBatchesAndAcksToo(t *testing.T) {
 }
 
 func TestPerEntryFailureIsAPublishError(t *testing.T) {
+	t.Parallel()
 	b := open(t, "")
 	tp := topic(t)
 	info, err := b.EnsureQueue(context.Background(), qsqs.QueueName(tp, false), qsqs.QueueSpec{})

@@ -49,12 +49,32 @@ func newBatcher[T any](maxInflight, maxBytes int, timeout time.Duration, send fu
 	return &batcher[T]{maxInflight: maxInflight, maxEntries: maxBatchEntries, maxBytes: maxBytes, timeout: timeout, send: send, full: make(chan struct{}, 1)}
 }
 
-// submit queues jobs; each one's finish is called when its request is done.
-// Jobs submitted together are cut into chunks that fit one request, and a
-// chunk is never split between requests, so that one caller's messages
-// travel in as few requests as possible; chunks of different callers share
-// a request when they fit.
-func (b *batcher[T]) submit(jobs ...*job[T]) {
+// submitAndWait submits jobs and waits until done is closed (the jobs'
+// finish functions close it) or ctx ends. When a request may start, the
+// caller sends it itself rather than handing it to a new goroutine, and
+// goes on sending pending batches until its own jobs are done: under load
+// that saves a goroutine hand-off on each side of every request.
+func (b *batcher[T]) submitAndWait(ctx context.Context, jobs []*job[T], done <-chan struct{}) error {
+	if n := b.enqueue(jobs); n > 0 {
+		for range n - 1 {
+			go b.run(nil)
+		}
+		b.run(done)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// enqueue adds jobs to pending and returns how many runners to start;
+// they are counted in flight already. Jobs submitted together are cut into
+// chunks that fit one request, and a chunk is never split between
+// requests, so that one caller's messages travel in as few requests as
+// possible; chunks of different callers share a request when they fit.
+func (b *batcher[T]) enqueue(jobs []*job[T]) int {
 	for i := 0; i < len(jobs); {
 		n, bytes := 0, 0
 		for i+n < len(jobs) && n < b.maxEntries && (n == 0 || b.maxBytes == 0 || bytes+jobs[i+n].size <= b.maxBytes) {
@@ -82,25 +102,32 @@ func (b *batcher[T]) submit(jobs ...*job[T]) {
 		}
 	}
 	b.mu.Unlock()
-	for i := 0; i < start; i++ {
-		go b.run()
-	}
+	return start
 }
 
 // do submits one entry and waits for its result, or for ctx.
 func (b *batcher[T]) do(ctx context.Context, v T, size int) error {
-	done := make(chan error, 1)
-	b.submit(&job[T]{ctx: ctx, v: v, size: size, finish: func(err error) { done <- err }, chunk: 1})
-	select {
-	case err := <-done:
+	var res error
+	done := make(chan struct{})
+	j := &job[T]{ctx: ctx, v: v, size: size, finish: func(err error) { res = err; close(done) }, chunk: 1}
+	if err := b.submitAndWait(ctx, []*job[T]{j}, done); err != nil {
 		return err
-	case <-ctx.Done():
-		return ctx.Err()
 	}
+	return res
 }
 
-func (b *batcher[T]) run() {
+// run sends pending batches until there are none, or, when until is not
+// nil, until it is closed.
+func (b *batcher[T]) run(until <-chan struct{}) {
 	for {
+		if until != nil {
+			select {
+			case <-until:
+				b.leave()
+				return
+			default:
+			}
+		}
 		if b.linger > 0 {
 			b.mu.Lock()
 			partial := len(b.pending) < b.maxEntries
@@ -139,6 +166,23 @@ func (b *batcher[T]) run() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(live[0].ctx), b.timeout)
 		b.send(ctx, live)
 		cancel()
+	}
+}
+
+// leave takes a runner out of flight that stops with batches pending,
+// starting others for them as submit would.
+func (b *batcher[T]) leave() {
+	b.mu.Lock()
+	b.inflight--
+	want := len(b.pending) / b.maxEntries
+	if want == 0 && b.inflight == 0 && len(b.pending) > 0 {
+		want = 1
+	}
+	start := max(min(want, b.maxInflight-b.inflight), 0)
+	b.inflight += start
+	b.mu.Unlock()
+	for range start {
+		go b.run(nil)
 	}
 }
 

@@ -95,13 +95,10 @@ func (b *Broker) publish(ctx context.Context, op, topic string, msgs []*broker.M
 	for i := range msgs {
 		jobs[i] = &job[*encoded]{ctx: ctx, v: &encs[i], size: encs[i].size, finish: c.finisher(i, msgs[i].ID)}
 	}
-	snd.submit(jobs...)
-	select {
-	case <-c.done:
-		return c.result()
-	case <-ctx.Done():
-		return broker.WrapError(semantics.Transient, op, ctx.Err())
+	if err := snd.submitAndWait(ctx, jobs, c.done); err != nil {
+		return broker.WrapError(semantics.Transient, op, err)
 	}
+	return c.result()
 }
 
 // Close waits for Publish calls in progress (no longer than ctx) and makes

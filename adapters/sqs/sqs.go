@@ -120,15 +120,12 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxExtension == 0 {
 		o.MaxExtension = DefaultMaxExtension
 	}
-	wire := WireLimit
-	if o.MaxMessageSize == 0 {
-		o.MaxMessageSize = DefaultMaxMessageSize
-	}
+	wire, size := WireLimit, DefaultMaxMessageSize
 	if o.SNS != nil {
-		wire = FanOutWireLimit
-		if o.MaxMessageSize == DefaultMaxMessageSize {
-			o.MaxMessageSize = DefaultFanOutMaxMessageSize
-		}
+		wire, size = FanOutWireLimit, DefaultFanOutMaxMessageSize
+	}
+	if o.MaxMessageSize == 0 {
+		o.MaxMessageSize = size
 	}
 	if o.RequestTimeout == 0 {
 		o.RequestTimeout = DefaultRequestTimeout
@@ -412,6 +409,7 @@ func (b *Broker) forget(name string) {
 	b.mu.Unlock()
 }
 
+// String describes the broker's mode, for logs.
 func (b *Broker) String() string {
 	mode := "queue"
 	if b.sns != nil {

@@ -593,6 +593,7 @@ type delivery struct {
 	letOnce sync.Once
 }
 
+// Message returns the delivered message.
 func (d *delivery) Message() *broker.Message { return d.msg }
 
 // Ack deletes the message from the queue (through DeleteMessageBatch,

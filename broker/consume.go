@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/queuekit/queuekit/semantics"
@@ -96,21 +97,25 @@ func Consume(ctx context.Context, sub Subscriber, h Handler, opts ConsumeOptions
 		}
 	}
 
+	// Handlers run on a context that outlives ctx by ShutdownTimeout.
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
+	var grace atomic.Pointer[time.Timer]
+	stopWatching := context.AfterFunc(ctx, func() {
+		grace.Store(time.AfterFunc(opts.ShutdownTimeout, cancelHandlers))
+	})
+	defer func() {
+		stopWatching()
+		if t := grace.Load(); t != nil {
+			t.Stop()
+		}
+	}()
+
 	c := &consumer{h: h, opts: opts, hctx: hctx, stop: ctx.Done()}
 	c.start()
 	err := c.receiveLoop(ctx, sub)
 	c.closeQueues()
-
-	done := make(chan struct{})
-	go func() { c.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(opts.ShutdownTimeout):
-		cancelHandlers()
-		<-done
-	}
+	c.wg.Wait()
 	return err
 }
 
@@ -121,12 +126,19 @@ type consumer struct {
 	stop   <-chan struct{} // closed when the caller's ctx is done
 	shared chan Delivery   // unordered: all workers take from it
 	keyed  []chan Delivery // per-key: worker i takes keys hashed to i
+	inline bool            // Concurrency 1: the receive loop runs the handler
 	next   int             // round robin for keyless messages under PerKey
 	wg     sync.WaitGroup
 }
 
 func (c *consumer) start() {
 	n := c.opts.Concurrency
+	if n == 1 {
+		// One handler at a time: the receive loop runs it itself, sparing
+		// a goroutine hand-off per message (and keeping delivery order).
+		c.inline = true
+		return
+	}
 	if c.opts.Ordering == semantics.PerKey && n > 1 {
 		c.keyed = make([]chan Delivery, n)
 		for i := range c.keyed {
@@ -191,7 +203,7 @@ func (c *consumer) receiveLoop(ctx context.Context, sub Subscriber) error {
 		backoff = 10 * time.Millisecond
 		for i, d := range buf[:n] {
 			buf[i] = nil
-			if !c.dispatch(ctx, d) {
+			if !c.take(ctx, d) {
 				for _, rest := range buf[i+1 : n] {
 					c.release(rest)
 				}
@@ -199,6 +211,20 @@ func (c *consumer) receiveLoop(ctx context.Context, sub Subscriber) error {
 			}
 		}
 	}
+}
+
+// take runs d's handler itself (Concurrency 1) or hands d to a worker. When
+// ctx is done first, it releases d and returns false.
+func (c *consumer) take(ctx context.Context, d Delivery) bool {
+	if !c.inline {
+		return c.dispatch(ctx, d)
+	}
+	if ctx.Err() != nil {
+		c.release(d)
+		return false
+	}
+	c.process(d)
+	return true
 }
 
 // dispatch hands d to a worker, or releases it and returns false when ctx is
@@ -231,12 +257,17 @@ func (c *consumer) dispatch(ctx context.Context, d Delivery) bool {
 func (c *consumer) work(q <-chan Delivery) {
 	defer c.wg.Done()
 	for d := range q {
-		select {
-		case <-c.stop:
-			c.release(d) // received but not started: give it back
-		default:
-			c.process(d)
-		}
+		c.handle(d)
+	}
+}
+
+// handle processes d, or gives it back when the consumer is stopping.
+func (c *consumer) handle(d Delivery) {
+	select {
+	case <-c.stop:
+		c.release(d) // received but not started: give it back
+	default:
+		c.process(d)
 	}
 }
 

@@ -18,10 +18,11 @@ vet:
 
 # Benchmarks named Benchmark<Thing>/{raw,queuekit,watermill} that report msgs/s
 # are paired by internal/benchtable, which prints the ratios measured in this run.
+# -p 1: one package at a time, so that no two benchmarks share the two cores.
 BENCH ?= .
 BENCH_PKGS ?= ./...
 bench: services
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem $(BENCH_PKGS) | tee bench.out | $(GO) run ./internal/benchtable
+	$(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchmem $(BENCH_PKGS) | tee bench.out | $(GO) run ./internal/benchtable
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

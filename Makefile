@@ -18,11 +18,13 @@ vet:
 
 # Benchmarks named Benchmark<Thing>/{raw,queuekit,watermill} that report msgs/s
 # are paired by internal/benchtable, which prints the ratios measured in this run.
-# -p 1: one package at a time, so that no two benchmarks share the two cores.
+# -p 1: one package at a time, so that no two benchmarks share the two cores;
+# each figure is the median of BENCH_COUNT runs.
 BENCH ?= .
 BENCH_PKGS ?= ./...
+BENCH_COUNT ?= 3
 bench: services
-	$(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchmem $(BENCH_PKGS) | tee bench.out | $(GO) run ./internal/benchtable
+	$(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchmem -count $(BENCH_COUNT) $(BENCH_PKGS) | tee bench.out | $(GO) run ./internal/benchtable
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -2,6 +2,7 @@
 // through, and then prints a table that pairs each Benchmark<Thing>/raw (or
 // /watermill, /channel) row with its Benchmark<Thing>/queuekit row from the
 // same run, with the ratio of their msgs/s and their allocations per message.
+// With -count N, each row is the median of its N runs.
 //
 //	go test -run '^$' -bench . -benchmem ./... | go run ./internal/benchtable
 package main
@@ -22,7 +23,7 @@ type row struct {
 }
 
 func main() {
-	rows := map[string]map[string]row{} // thing -> variant -> row
+	runs := map[string]map[string][]row{} // thing -> variant -> one row per run
 	sc := bufio.NewScanner(os.Stdin)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -32,10 +33,19 @@ func main() {
 		if !ok {
 			continue
 		}
-		if rows[thing] == nil {
-			rows[thing] = map[string]row{}
+		if runs[thing] == nil {
+			runs[thing] = map[string][]row{}
 		}
-		rows[thing][variant] = r
+		runs[thing][variant] = append(runs[thing][variant], r)
+	}
+	rows := map[string]map[string]row{}
+	count := 0
+	for thing, variants := range runs {
+		rows[thing] = map[string]row{}
+		for v, rs := range variants {
+			rows[thing][v] = median(rs)
+			count = max(count, len(rs))
+		}
 	}
 	things := make([]string, 0, len(rows))
 	for t := range rows {
@@ -43,6 +53,9 @@ func main() {
 	}
 	sort.Strings(things)
 	fmt.Println()
+	if count > 1 {
+		fmt.Printf("(each figure is the median of up to %d runs)\n", count)
+	}
 	fmt.Printf("%-44s %-10s %14s %14s %8s %12s\n", "benchmark", "baseline", "baseline msg/s", "queuekit msg/s", "ratio", "allocs/msg")
 	for _, t := range things {
 		q, ok := rows[t]["queuekit"]
@@ -94,4 +107,24 @@ func parse(line string) (thing, variant string, r row, ok bool) {
 		}
 	}
 	return
+}
+
+// median returns the row with the median msgs/s, and the median allocs.
+func median(rs []row) row {
+	by := func(key func(row) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = key(r)
+		}
+		sort.Float64s(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return row{
+		msgsPerSec: by(func(r row) float64 { return r.msgsPerSec }),
+		allocs:     by(func(r row) float64 { return r.allocs }),
+		hasAllocs:  rs[0].hasAllocs,
+	}
 }

@@ -244,3 +244,38 @@ func BenchmarkNewID(b *testing.B) {
 		_ = broker.NewID()
 	}
 }
+
+type stubDelivery struct{ m broker.Message }
+
+func (d *stubDelivery) Message() *broker.Message                  { return &d.m }
+func (d *stubDelivery) Ack(context.Context) error                 { return nil }
+func (d *stubDelivery) Nack(context.Context, time.Duration) error { return nil }
+
+func TestFillBatch(t *testing.T) {
+	ch := make(chan *stubDelivery, 10)
+	for i := range 5 {
+		ch <- &stubDelivery{broker.Message{ID: fmt.Sprint(i)}}
+	}
+	receive := func(ctx context.Context) (broker.Delivery, error) {
+		select {
+		case d := <-ch:
+			return d, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	buf := make([]broker.Delivery, 3)
+	n, err := broker.FillBatch(context.Background(), buf, receive, broker.Ready(ch))
+	if err != nil || n != 3 || buf[2].Message().ID != "2" {
+		t.Fatalf("first batch: n=%d err=%v", n, err)
+	}
+	n, err = broker.FillBatch(context.Background(), buf, receive, broker.Ready(ch))
+	if err != nil || n != 2 || buf[1].Message().ID != "4" {
+		t.Fatalf("second batch (2 left, must not block): n=%d err=%v", n, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if n, err := broker.FillBatch(ctx, buf, receive, broker.Ready(ch)); n != 0 || err == nil {
+		t.Fatalf("empty with a cancelled ctx: n=%d err=%v", n, err)
+	}
+}

@@ -199,25 +199,7 @@ func (s *subscriber) Receive(ctx context.Context) (broker.Delivery, error) {
 
 // ReceiveBatch waits for one delivery, then adds those already waiting.
 func (s *subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (int, error) {
-	if len(buf) == 0 {
-		return 0, nil
-	}
-	d, err := s.Receive(ctx)
-	if err != nil {
-		return 0, err
-	}
-	buf[0] = d
-	n := 1
-	for n < len(buf) {
-		select {
-		case d := <-s.ch:
-			buf[n] = d
-			n++
-		default:
-			return n, nil
-		}
-	}
-	return n, nil
+	return broker.FillBatch(ctx, buf, s.Receive, broker.Ready(s.ch))
 }
 
 // Close stops receiving: deliveries not settled yet are nacked (a pending

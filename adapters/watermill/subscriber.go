@@ -154,29 +154,15 @@ func (s *subscriber) Receive(ctx context.Context) (broker.Delivery, error) {
 // ReceiveBatch is Receive for up to len(buf) messages: it waits for one,
 // then takes what the subscriptions have ready without waiting.
 func (s *subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (int, error) {
-	if len(buf) == 0 {
-		return 0, nil
-	}
-	d, err := s.Receive(ctx)
-	if err != nil {
-		return 0, err
-	}
-	buf[0] = d
-	n := 1
-	for n < len(buf) {
+	return broker.FillBatch(ctx, buf, s.Receive, func() (broker.Delivery, bool) {
 		select {
 		case wm := <-s.out:
 			d, err := s.deliver(wm)
-			if err != nil {
-				return n, nil // closed: the next call reports it
-			}
-			buf[n] = d
-			n++
+			return d, err == nil // closed: the next Receive reports it
 		default:
-			return n, nil
+			return nil, false
 		}
-	}
-	return n, nil
+	})
 }
 
 func (s *subscriber) endedErr() error {

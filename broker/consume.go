@@ -48,6 +48,7 @@ type PanicError struct {
 	Stack []byte
 }
 
+// Error gives the panic value and the stack.
 func (e *PanicError) Error() string {
 	return fmt.Sprintf("handler panicked: %v\n%s", e.Value, e.Stack)
 }

@@ -132,6 +132,7 @@ type TooLargeError struct {
 	Size, Max int
 }
 
+// Error says which message is how large, and the limit.
 func (e *TooLargeError) Error() string {
 	return fmt.Sprintf("message %s is %d bytes, over the limit of %d", e.ID, e.Size, e.Max)
 }
@@ -153,6 +154,7 @@ type PublishFailure struct {
 	Err   error
 }
 
+// Error counts the failed messages and names the first three.
 func (e *PublishError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d message(s) not published", len(e.Failed))

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -58,6 +59,7 @@ type Subscriber struct {
 	fetchErr error
 	closed   bool
 
+	strs        strArena      // keys and IDs of fetched records; the poller's own
 	notify      chan struct{} // cap 1: deliveries became ready
 	room        chan struct{} // cap 1: outstanding fell below prefetch
 	kick        chan struct{} // cap 1: commit now (CommitOnAck)
@@ -138,32 +140,17 @@ func (b *Broker) Subscribe(ctx context.Context, opts broker.SubscriberOptions) (
 		}
 	}
 
-	start := kgo.NewOffset().AtStart()
-	if b.opts.StartOffset == Latest {
-		start = kgo.NewOffset().AtEnd()
-	}
-	isolation := kgo.ReadCommitted()
-	if b.opts.ReadUncommitted {
-		isolation = kgo.ReadUncommitted()
-	}
 	kopts := append(append([]kgo.Opt(nil), b.seedOpts...), b.producerDefaults()...)
+	kopts = append(kopts, b.consumerDefaults()...)
 	kopts = append(kopts,
 		kgo.ConsumerGroup(opts.Group),
 		kgo.ConsumeTopics(topics...),
 		kgo.DisableAutoCommit(),
-		kgo.BlockRebalanceOnPoll(),
 		kgo.OnPartitionsAssigned(s.onAssigned),
 		kgo.OnPartitionsRevoked(s.onRevoked),
 		kgo.OnPartitionsLost(s.onLost),
 		kgo.OnOffsetsFetched(s.onFetched),
-		kgo.ConsumeResetOffset(start),
-		kgo.FetchIsolationLevel(isolation),
-		kgo.FetchMaxWait(500*time.Millisecond),
-		kgo.HeartbeatInterval(time.Second),
 	)
-	if b.opts.SessionTimeout > 0 {
-		kopts = append(kopts, kgo.SessionTimeout(b.opts.SessionTimeout))
-	}
 	kopts = append(kopts, b.opts.ClientOptions...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
@@ -179,6 +166,31 @@ func (b *Broker) Subscribe(ctx context.Context, opts broker.SubscriberOptions) (
 		go s.sweeper()
 	}
 	return s, nil
+}
+
+// consumerDefaults are the adapter's consumer settings: where a group
+// without commits starts, isolation, fetch wait, heartbeat, session timeout,
+// and rebalances only between polls.
+func (b *Broker) consumerDefaults() []kgo.Opt {
+	start := kgo.NewOffset().AtStart()
+	if b.opts.StartOffset == Latest {
+		start = kgo.NewOffset().AtEnd()
+	}
+	isolation := kgo.ReadCommitted()
+	if b.opts.ReadUncommitted {
+		isolation = kgo.ReadUncommitted()
+	}
+	opts := []kgo.Opt{
+		kgo.BlockRebalanceOnPoll(),
+		kgo.ConsumeResetOffset(start),
+		kgo.FetchIsolationLevel(isolation),
+		kgo.FetchMaxWait(500 * time.Millisecond),
+		kgo.HeartbeatInterval(time.Second),
+	}
+	if b.opts.SessionTimeout > 0 {
+		opts = append(opts, kgo.SessionTimeout(b.opts.SessionTimeout))
+	}
+	return opts
 }
 
 // ensureTopics makes sure topics exist: created when missing, or NotFound
@@ -237,12 +249,7 @@ func (s *Subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (i
 			if s.head == len(s.ready) {
 				s.ready, s.head = s.ready[:0], 0
 			} else {
-				if s.head > len(s.ready)/2 {
-					k := copy(s.ready, s.ready[s.head:])
-					clear(s.ready[k:])
-					s.ready, s.head = s.ready[:k], 0
-				}
-				s.signal() // more for another receiver
+				s.signal() // more for another receiver (the taken head is reclaimed by appendReady)
 			}
 			s.mu.Unlock()
 			return n, nil
@@ -264,6 +271,18 @@ func (s *Subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (i
 			return 0, broker.WrapError(semantics.Transient, "kafka: receive", ctx.Err())
 		}
 	}
+}
+
+// appendReady queues ds for receivers. The slots receivers already took
+// are reclaimed only when the queue would otherwise grow, so that a receiver
+// taking a few deliveries at a time never copies the rest along. s.mu held.
+func (s *Subscriber) appendReady(ds ...*delivery) {
+	if s.head > 0 && len(s.ready)+len(ds) > cap(s.ready) {
+		k := copy(s.ready, s.ready[s.head:])
+		clear(s.ready[k:])
+		s.ready, s.head = s.ready[:k], 0
+	}
+	s.ready = append(s.ready, ds...)
 }
 
 // signal wakes a receiver; s.mu held or not.
@@ -292,6 +311,7 @@ func (s *Subscriber) release(n int64) {
 // poll fetches records while there is room under the prefetch bound.
 func (s *Subscriber) poll() {
 	defer s.wg.Done()
+	var pending []*delivery
 	for {
 		for s.outstanding.Load() > s.lowWater {
 			select {
@@ -306,18 +326,7 @@ func (s *Subscriber) poll() {
 			return
 		}
 		fs.EachError(s.noteFetchErr)
-		now := time.Now().UnixNano()
-		s.mu.Lock()
-		before := len(s.ready)
-		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
-			if len(fp.Records) > 0 {
-				s.attachLocked(fp, now)
-			}
-		})
-		if len(s.ready) > before {
-			s.signal()
-		}
-		s.mu.Unlock()
+		pending = s.attach(fs, pending)
 		s.cl.AllowRebalance()
 	}
 }
@@ -342,21 +351,57 @@ func (s *Subscriber) noteFetchErr(topic string, part int32, err error) {
 	s.signal()
 }
 
-// attachLocked turns fetched records into deliveries: tracked for commits,
-// then made ready, or held when their partition is paused or they are not
-// due yet (retry topic). s.mu is held.
-func (s *Subscriber) attachLocked(fp kgo.FetchTopicPartition, now int64) {
+// attach turns fetched records into deliveries, decoded and tracked for
+// commits without holding s.mu (receivers and acks go on meanwhile), then
+// makes them ready, or holds them when their partition is paused or they
+// are not due yet (retry topic). It returns pending, emptied, for reuse.
+func (s *Subscriber) attach(fs kgo.Fetches, pending []*delivery) []*delivery {
+	fs.EachPartition(func(fp kgo.FetchTopicPartition) {
+		if len(fp.Records) > 0 {
+			pending = s.track(fp, pending)
+		}
+	})
+	if len(pending) == 0 {
+		return pending
+	}
+	now := time.Now().UnixNano()
+	s.mu.Lock()
+	before := len(s.ready)
+	for _, d := range pending {
+		if d.p.paused || d.notBefore > now {
+			s.holdLocked(d.p, d)
+		} else {
+			s.appendReady(d)
+		}
+	}
+	if len(s.ready) > before {
+		s.signal()
+	}
+	s.mu.Unlock()
+	clear(pending)
+	return pending[:0]
+}
+
+// track decodes fp's records not tracked yet into deliveries, appended to
+// pending, and tracks their offsets for commits. Only the poller calls it,
+// so p.next moves only here; p.mu is held just to read and update the
+// partition, not while decoding.
+func (s *Subscriber) track(fp kgo.FetchTopicPartition, pending []*delivery) []*delivery {
 	tp := topicPart{fp.Topic, fp.Partition}
+	s.mu.Lock()
 	p := s.parts[tp]
 	if p == nil {
 		p = s.newPartition(tp)
 		s.parts[tp] = p
 	}
-	var n int64
-	var chunk []delivery // deliveries are allocated deliveryChunk at a time
+	s.mu.Unlock()
 	p.mu.Lock()
+	next, prior := p.next, p.prior // prior is replaced whole, never changed
+	p.mu.Unlock()
+	first := len(pending)
+	var chunk []delivery // deliveries are allocated deliveryChunk at a time
 	for i, r := range fp.Records {
-		if r.Offset < p.next {
+		if r.Offset < next {
 			continue // already tracked
 		}
 		if len(chunk) == 0 {
@@ -364,19 +409,23 @@ func (s *Subscriber) attachLocked(fp kgo.FetchTopicPartition, now int64) {
 		}
 		d := &chunk[0]
 		chunk = chunk[1:]
-		s.initDelivery(d, p, r)
-		p.track = append(p.track, d.e)
-		p.next = r.Offset + 1
-		p.out++
-		n++
-		if p.paused || d.notBefore > now {
-			s.holdLocked(p, d)
-		} else {
-			s.ready = append(s.ready, d)
-		}
+		s.initDelivery(d, p, r, prior)
+		next = r.Offset + 1
+		pending = append(pending, d)
 	}
+	n := len(pending) - first
+	if n == 0 {
+		return pending
+	}
+	p.mu.Lock()
+	for _, d := range pending[first:] {
+		p.track = append(p.track, d.e)
+	}
+	p.next = next
+	p.out += n
 	p.mu.Unlock()
-	s.outstanding.Add(n)
+	s.outstanding.Add(int64(n))
+	return pending
 }
 
 // deliveryChunk is how many deliveries one allocation holds: few
@@ -384,16 +433,16 @@ func (s *Subscriber) attachLocked(fp kgo.FetchTopicPartition, now int64) {
 // alive.
 const deliveryChunk = 32
 
-// initDelivery makes d the first delivery of r.
-func (s *Subscriber) initDelivery(d *delivery, p *partition, r *kgo.Record) {
+// initDelivery makes d the first delivery of r; prior is p.prior.
+func (s *Subscriber) initDelivery(d *delivery, p *partition, r *kgo.Record, prior map[int64]int) {
 	d.p = p
 	d.e = &d.ent
 	d.ent.off, d.ent.rec, d.ent.cur = r.Offset, r, d
-	d.notBefore = decodeRecord(r, &d.msg, p.retry)
+	d.notBefore = decodeRecordIn(r, &d.msg, p.retry, &s.strs)
 	d.msg.Topic = s.opts.Topic
 	d.ent.base = d.msg.Attempt
-	if p.prior != nil {
-		d.msg.Attempt += p.prior[r.Offset] // deliveries before a crash or rebalance
+	if prior != nil {
+		d.msg.Attempt += prior[r.Offset] // deliveries before a crash or rebalance
 	}
 }
 
@@ -403,6 +452,12 @@ func (s *Subscriber) initDelivery(d *delivery, p *partition, r *kgo.Record) {
 // retry-topic record it strips the retry headers and returns when the record
 // is due (unix nanos).
 func decodeRecord(r *kgo.Record, m *broker.Message, retry bool) (notBefore int64) {
+	return decodeRecordIn(r, m, retry, nil)
+}
+
+// decodeRecordIn is decodeRecord taking the key and ID from strs (nil: an
+// allocation of their own).
+func decodeRecordIn(r *kgo.Record, m *broker.Message, retry bool, strs *strArena) (notBefore int64) {
 	m.Topic = r.Topic
 	m.Payload = r.Value
 	m.PublishedAt = r.Timestamp
@@ -428,10 +483,9 @@ func decodeRecord(r *kgo.Record, m *broker.Message, retry bool) (notBefore int64
 			m.SetHeader(h.Key, string(h.Value))
 		}
 	}
-	// Key and ID share one allocation.
+	// Key and ID share one allocation, or a slice of strs.
 	if len(r.Key)+len(id) > 0 {
-		var buf [128]byte
-		s := string(append(append(buf[:0], r.Key...), id...))
+		s := strs.concat(r.Key, id)
 		m.Key, m.ID = s[:len(r.Key)], s[len(r.Key):]
 	}
 	if m.ID == "" {
@@ -439,6 +493,35 @@ func decodeRecord(r *kgo.Record, m *broker.Message, retry bool) (notBefore int64
 		m.ID = r.Topic + "/" + strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10)
 	}
 	return notBefore
+}
+
+// strArena hands out strings carved from one buffer, so that the keys and
+// IDs of a run of records cost one allocation rather than one each. They do
+// not alias the fetch response: a key or ID that a user keeps (a dedupe
+// store keeps IDs) pins at most one arena buffer (strArenaMax bytes), not
+// the response. Bytes are written once, before the string over them is
+// handed out, and never again.
+type strArena struct{ buf []byte }
+
+const (
+	strArenaMax  = 4096 // largest arena buffer
+	strArenaSolo = 512  // a key + ID longer than this gets its own allocation
+)
+
+// concat returns x followed by y as one string; a nil arena allocates it.
+func (a *strArena) concat(x, y []byte) string {
+	n := len(x) + len(y)
+	if a == nil || n > strArenaSolo {
+		var buf [128]byte
+		return string(append(append(buf[:0], x...), y...))
+	}
+	if cap(a.buf)-len(a.buf) < n {
+		// Room for about a delivery chunk of records like this one.
+		a.buf = make([]byte, 0, min(max(n*deliveryChunk, 512), strArenaMax))
+	}
+	start := len(a.buf)
+	a.buf = append(append(a.buf, x...), y...)
+	return unsafe.String(&a.buf[start], n)
 }
 
 // holdLocked parks d in its partition's hold queue, pausing the partition so
@@ -475,7 +558,7 @@ func (s *Subscriber) scheduleLocked(p *partition) {
 		i++
 	}
 	if i > 0 {
-		s.ready = append(s.ready, p.held[:i]...)
+		s.appendReady(p.held[:i]...)
 		k := copy(p.held, p.held[i:])
 		clear(p.held[k:])
 		p.held = p.held[:k]

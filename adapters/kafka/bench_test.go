@@ -1,14 +1,9 @@
 package kafka
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/internal/testenv"
 )
 
 // The benchmarks run kfake in a separate process (internal/testenv/kfakeserver)
@@ -30,51 +26,16 @@ const (
 	benchBatch   = 1000 // messages per Publish call / per raw produce round
 )
 
-var kfakeBuild struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// kfakeServer builds (once) and starts kfakeserver with args, returning its
-// address; the benchmark is skipped when it cannot start.
+// kfakeServer starts kfakeserver with args, returning its address; the
+// benchmark is skipped when it cannot start.
 func kfakeServer(b *testing.B, args ...string) string {
 	b.Helper()
-	kfakeBuild.once.Do(func() {
-		out, err := exec.Command("go", "env", "GOMOD").Output()
-		if err != nil || strings.TrimSpace(string(out)) == "" {
-			kfakeBuild.err = fmt.Errorf("go env GOMOD: %v", err)
-			return
-		}
-		dir, err := os.MkdirTemp("", "kfakeserver")
-		if err != nil {
-			kfakeBuild.err = err
-			return
-		}
-		kfakeBuild.path = filepath.Join(dir, "kfakeserver")
-		build := exec.Command("go", "build", "-o", kfakeBuild.path, "./internal/testenv/kfakeserver")
-		build.Dir = filepath.Dir(strings.TrimSpace(string(out)))
-		if out, err := build.CombinedOutput(); err != nil {
-			kfakeBuild.err = fmt.Errorf("go build kfakeserver: %v\n%s", err, out)
-		}
-	})
-	if kfakeBuild.err != nil {
-		b.Skipf("kfake server process unavailable: %v", kfakeBuild.err)
+	srv, err := testenv.StartServer("kfakeserver", args...)
+	if err != nil {
+		b.Skipf("kfake server process unavailable: %v", err)
 	}
-	cmd := exec.Command(kfakeBuild.path, args...)
-	stdin, _ := cmd.StdinPipe() // the server exits when it closes
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Skipf("starting kfakeserver: %v", err)
-	}
-	b.Cleanup(func() { _ = stdin.Close(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "ADDR ")
-	if err != nil || !ok {
-		b.Skipf("kfakeserver printed %q: %v", line, err)
-	}
-	return addr
+	b.Cleanup(func() { _ = srv.Stop() })
+	return srv.Addr
 }
 
 // benchMessages returns n messages of benchPayload bytes over 16 keys.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -33,9 +32,7 @@ func TestMain(m *testing.M) {
 		os.Exit(runChild(role))
 	}
 	code := m.Run()
-	if kfakeBuild.path != "" { // built by the benchmarks
-		_ = os.RemoveAll(filepath.Dir(kfakeBuild.path))
-	}
+	testenv.StopServers() // the benchmarks' kfake processes
 	os.Exit(code)
 }
 

@@ -228,25 +228,7 @@ func (s *Subscriber) Receive(ctx context.Context) (broker.Delivery, error) {
 // ReceiveBatch waits like Receive for one delivery, then adds those
 // already received, up to len(buf).
 func (s *Subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (int, error) {
-	if len(buf) == 0 {
-		return 0, nil
-	}
-	d, err := s.Receive(ctx)
-	if err != nil {
-		return 0, err
-	}
-	buf[0] = d
-	n := 1
-	for n < len(buf) {
-		select {
-		case d := <-s.ch:
-			buf[n] = d
-			n++
-		default:
-			return n, nil
-		}
-	}
-	return n, nil
+	return broker.FillBatch(ctx, buf, s.Receive, broker.Ready(s.ch))
 }
 
 // Close stops polling and waits, while ctx allows, for the long polls in

@@ -5,19 +5,39 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/adapters/memory"
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
+// Test schemes are registered once per process (Register panics on a
+// second registration, and -count=2 runs every test twice).
+var (
+	registerOnce sync.Once
+	dialled      atomic.Int32
+)
+
+func registerTestSchemes() {
+	registerOnce.Do(func() {
+		driver.Register("test-open", driver.OpenerFunc(func(ctx context.Context, u *url.URL) (driver.Broker, error) {
+			return nil, errors.New("dial " + u.String() + ": refused")
+		}))
+		driver.Register("test-dial", driver.OpenerFunc(func(ctx context.Context, u *url.URL) (driver.Broker, error) {
+			dialled.Add(1)
+			return nil, errors.New("refused")
+		}))
+	})
+}
+
 func TestOpenUnknownSchemeListsRegisteredOnes(t *testing.T) {
-	broker.Register("test-open", broker.DriverFunc(func(ctx context.Context, u *url.URL) (broker.Broker, error) {
-		return nil, errors.New("dial " + u.String() + ": refused")
-	}))
+	registerTestSchemes()
 	_, err := broker.Open(context.Background(), "nosuch://user:s3cret@host/x")
 	if err == nil || !strings.Contains(err.Error(), `"nosuch"`) || !strings.Contains(err.Error(), "test-open") {
 		t.Fatalf("err = %v; want it to name the scheme and list registered ones", err)
@@ -39,70 +59,6 @@ func TestOpenMalformedURLIsRedacted(t *testing.T) {
 	_, err := broker.Open(context.Background(), "amqp://guest:hunter2@host:notaport/")
 	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "malformed URL") {
 		t.Fatalf("err = %v; want a malformed-URL error without the password", err)
-	}
-}
-
-func TestRegisterTwicePanics(t *testing.T) {
-	d := broker.DriverFunc(func(context.Context, *url.URL) (broker.Broker, error) { return nil, nil })
-	broker.Register("test-twice", d)
-	defer func() {
-		if recover() == nil {
-			t.Error("second Register did not panic")
-		}
-	}()
-	broker.Register("test-twice", d)
-}
-
-func TestParams(t *testing.T) {
-	u, _ := url.Parse("x://h/?prefetch=10&wait=2s&fifo=true&bogus=1&other=2&n=abc")
-	p := broker.NewParams("x", u, "prefetch", "wait", "fifo", "n", "absent")
-	if got := p.Int("prefetch", 1); got != 10 {
-		t.Errorf("prefetch = %d", got)
-	}
-	if got := p.Duration("wait", 0); got != 2*time.Second {
-		t.Errorf("wait = %v", got)
-	}
-	if got := p.Bool("fifo", false); !got {
-		t.Error("fifo = false")
-	}
-	if got := p.String("absent", "def"); got != "def" {
-		t.Errorf("absent = %q", got)
-	}
-	if got := p.Int("n", 7); got != 7 {
-		t.Errorf("bad int should give the default, got %d", got)
-	}
-	err := p.Err()
-	if err == nil {
-		t.Fatal("Err() = nil with unknown parameters")
-	}
-	for _, want := range []string{"x: open", "unknown URL parameter(s) bogus, other", "valid: absent, fifo, n, prefetch, wait", `n="abc" is not an integer`} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("Err() = %q, missing %q", err, want)
-		}
-	}
-	if broker.KindOf(err) != semantics.InvalidArgument {
-		t.Errorf("kind = %v", broker.KindOf(err))
-	}
-	ok, _ := url.Parse("x://h/?prefetch=3")
-	if err := broker.NewParams("x", ok, "prefetch").Err(); err != nil {
-		t.Errorf("known params only: %v", err)
-	}
-}
-
-func TestRedact(t *testing.T) {
-	for in, want := range map[string]string{
-		"amqp://guest:pw@h:5672/":     "amqp://guest:xxxxx@h:5672/",
-		"amqp://guest:pw@h:bad/":      "amqp://guest:xxxxx@h:bad/",
-		"kafka://h:9092/?topic=a":     "kafka://h:9092/?topic=a",
-		"mem://":                      "mem://",
-		"redis://:onlypw@h:6379/0":    "redis://:xxxxx@h:6379/0",
-		"amqp://us%zzer:pw@h/":        "amqp://us%zzer:xxxxx@h/",
-		"postgres://u:p@w@h/db?x=1":   "postgres://u:xxxxx@h/db?x=1",
-		"postgres://u:p%40w@h/db?x=1": "postgres://u:xxxxx@h/db?x=1",
-	} {
-		if got := broker.Redact(in); got != want {
-			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
-		}
 	}
 }
 
@@ -142,22 +98,6 @@ func TestErrorKinds(t *testing.T) {
 	}
 }
 
-func TestSettlementIsIdempotent(t *testing.T) {
-	var s broker.Settlement
-	if first, err := s.Ack(); !first || err != nil {
-		t.Fatalf("first Ack = %v, %v", first, err)
-	}
-	if first, err := s.Ack(); first || err != nil {
-		t.Errorf("second Ack = %v, %v; want false, nil", first, err)
-	}
-	if first, err := s.Nack(); first || !errors.Is(err, broker.ErrAlreadySettled) {
-		t.Errorf("Nack after Ack = %v, %v; want ErrAlreadySettled", first, err)
-	}
-	if !s.Settled() {
-		t.Error("Settled() = false")
-	}
-}
-
 func TestChainOrder(t *testing.T) {
 	var trace []string
 	mw := func(name string) broker.Middleware {
@@ -178,104 +118,286 @@ func TestChainOrder(t *testing.T) {
 	}
 }
 
-func TestPrepare(t *testing.T) {
-	ms := []*broker.Message{{Payload: []byte("x")}, {ID: "given", Payload: []byte("y")}}
-	if err := broker.Prepare("op", ms, 0); err != nil {
+// A URL that is not scheme://... is refused before the adapter is asked to
+// dial, and no form of it shows the password.
+func TestOpenMalformedURLsNeverDialNorLeak(t *testing.T) {
+	registerTestSchemes()
+	before := dialled.Load()
+	for _, raw := range []string{
+		"test-dial://u:S3cr3t/PW@127.0.0.1:1/",
+		"test-dial:/u:S3cr3t@127.0.0.1:5999/",
+		"test-dial//u:S3cr3t@127.0.0.1:5999/",
+		"test-dial:u:S3cr3t@127.0.0.1:5999/",
+		"test-dial://u:S3cr3t@h:99x/",
+	} {
+		_, err := broker.Open(context.Background(), raw)
+		if err == nil || broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("Open(%q) = %v; want an invalid-argument error", raw, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "S3cr3t") {
+			t.Errorf("Open(%q) leaked the password: %v", raw, err)
+		}
+	}
+	if n := dialled.Load() - before; n != 0 {
+		t.Errorf("the adapter was asked to open %d malformed URLs", n)
+	}
+}
+
+func newMem(t *testing.T) *broker.Broker {
+	t.Helper()
+	b, err := broker.Open(t.Context(), "mem://")
+	if err != nil {
 		t.Fatal(err)
 	}
-	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
-	if !uuid.MatchString(ms[0].ID) || ms[1].ID != "given" {
-		t.Errorf("ids = %q, %q", ms[0].ID, ms[1].ID)
+	t.Cleanup(func() { b.Close(context.Background()) })
+	return b
+}
+
+// Nil pointers of every user type answer with errors, never a panic: the
+// typed-nil interface of the old API is gone with the interfaces.
+func TestNilValuesDoNotPanic(t *testing.T) {
+	ctx := context.Background()
+	var b *broker.Broker
+	if _, err := b.NewPublisher(ctx); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("nil Broker.NewPublisher: %v", err)
 	}
-	if ms[0].PublishedAt.IsZero() {
-		t.Error("PublishedAt not stamped")
+	if _, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "t"}); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("nil Broker.NewSubscriber: %v", err)
 	}
-	err := broker.Prepare("op", []*broker.Message{{Payload: make([]byte, 10)}}, 5)
-	var tl *broker.TooLargeError
-	if !errors.As(err, &tl) || tl.Max != 5 || broker.KindOf(err) != semantics.InvalidArgument {
-		t.Errorf("oversize: %v", err)
+	if err := b.Close(ctx); err != nil {
+		t.Errorf("nil Broker.Close: %v", err)
 	}
-	if err := broker.Prepare("op", []*broker.Message{nil}, 0); broker.KindOf(err) != semantics.InvalidArgument {
-		t.Errorf("nil message: %v", err)
+	var p *broker.Publisher
+	if err := p.Publish(ctx, "t", &broker.Message{}); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("nil Publisher.Publish: %v", err)
+	}
+	var s *broker.Subscriber
+	if _, err := s.Receive(ctx); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("nil Subscriber.Receive: %v", err)
+	}
+	var d *broker.Delivery
+	if err := d.Ack(ctx); broker.KindOf(err) != semantics.InvalidArgument {
+		t.Errorf("nil Delivery.Ack: %v", err)
+	}
+	// A failed NewSubscriber returns a nil *Subscriber that is safe to Close.
+	sub, err := newMem(t).NewSubscriber(ctx, broker.SubscriberOptions{})
+	if err == nil || sub != nil {
+		t.Fatalf("NewSubscriber without a topic = %v, %v", sub, err)
+	}
+	if err := sub.Close(ctx); err != nil {
+		t.Errorf("Close of the nil subscriber: %v", err)
 	}
 }
 
-func TestSubscriberOptions(t *testing.T) {
-	o := broker.SubscriberOptions{Topic: "orders"}.WithDefaults()
-	if o.Group != "default" || o.DeadLetterTopic != "orders.dlq" {
-		t.Errorf("defaults = %+v", o)
+func TestReservedHeadersAreRefused(t *testing.T) {
+	b := newMem(t)
+	if err := b.Declare(t.Context(), "t", "g"); err != nil {
+		t.Fatal(err)
 	}
-	if err := (broker.SubscriberOptions{}).Validate("op"); err == nil {
-		t.Error("missing topic accepted")
+	pub, err := b.NewPublisher(t.Context())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := (broker.SubscriberOptions{Topic: "t", MaxAttempts: -1}).Validate("op"); err == nil {
-		t.Error("negative MaxAttempts accepted")
-	}
-}
-
-func TestNewIDIsUniqueAcrossGoroutines(t *testing.T) {
-	const perG, gs = 5000, 8
-	ids := make(chan string, perG*gs)
-	done := make(chan struct{})
-	for range gs {
-		go func() {
-			for range perG {
-				ids <- broker.NewID()
-			}
-			done <- struct{}{}
-		}()
-	}
-	for range gs {
-		<-done
-	}
-	close(ids)
-	seen := make(map[string]bool, perG*gs)
-	for id := range ids {
-		if seen[id] {
-			t.Fatalf("NewID returned %s twice", id)
-		}
-		seen[id] = true
-	}
-}
-
-func BenchmarkNewID(b *testing.B) {
-	b.ReportAllocs()
-	for b.Loop() {
-		_ = broker.NewID()
-	}
-}
-
-type stubDelivery struct{ m broker.Message }
-
-func (d *stubDelivery) Message() *broker.Message                  { return &d.m }
-func (d *stubDelivery) Ack(context.Context) error                 { return nil }
-func (d *stubDelivery) Nack(context.Context, time.Duration) error { return nil }
-
-func TestFillBatch(t *testing.T) {
-	ch := make(chan *stubDelivery, 10)
-	for i := range 5 {
-		ch <- &stubDelivery{broker.Message{ID: fmt.Sprint(i)}}
-	}
-	receive := func(ctx context.Context) (broker.Delivery, error) {
-		select {
-		case d := <-ch:
-			return d, nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
+	for _, h := range []string{broker.HeaderID, broker.HeaderAttempt, broker.HeaderPublishedAt} {
+		err := pub.Publish(t.Context(), "t", &broker.Message{Headers: map[string]string{h: "x"}})
+		if broker.KindOf(err) != semantics.InvalidArgument || !strings.Contains(err.Error(), h) {
+			t.Errorf("header %s: err = %v; want invalid argument naming it", h, err)
 		}
 	}
-	buf := make([]broker.Delivery, 3)
-	n, err := broker.FillBatch(context.Background(), buf, receive, broker.Ready(ch))
-	if err != nil || n != 3 || buf[2].Message().ID != "2" {
-		t.Fatalf("first batch: n=%d err=%v", n, err)
+	// Headers the dead-letter path writes stay allowed.
+	if err := pub.Publish(t.Context(), "t", &broker.Message{Headers: map[string]string{broker.HeaderDeadReason: "x"}}); err != nil {
+		t.Errorf("dead-letter header refused: %v", err)
 	}
-	n, err = broker.FillBatch(context.Background(), buf, receive, broker.Ready(ch))
-	if err != nil || n != 2 || buf[1].Message().ID != "4" {
-		t.Fatalf("second batch (2 left, must not block): n=%d err=%v", n, err)
+}
+
+// Every operation whose ctx ends returns an error of kind Canceled that
+// matches the context's own error, whatever the adapter returned.
+func TestContextEndErrorKind(t *testing.T) {
+	b := newMem(t)
+	sub, err := b.NewSubscriber(t.Context(), broker.SubscriberOptions{Topic: "t"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if n, err := broker.FillBatch(ctx, buf, receive, broker.Ready(ch)); n != 0 || err == nil {
-		t.Fatalf("empty with a cancelled ctx: n=%d err=%v", n, err)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	_, err = sub.Receive(ctx)
+	if broker.KindOf(err) != semantics.Canceled || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Receive past its deadline: %v (kind %v)", err, broker.KindOf(err))
+	}
+	cctx, ccancel := context.WithCancel(t.Context())
+	ccancel()
+	pub, err := b.NewPublisher(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = pub.Publish(cctx, "t", &broker.Message{})
+	if broker.KindOf(err) != semantics.Canceled || !errors.Is(err, context.Canceled) {
+		t.Errorf("Publish with a cancelled ctx: %v (kind %v)", err, broker.KindOf(err))
+	}
+}
+
+func TestPublishWithoutGroupIsRefused(t *testing.T) {
+	b := newMem(t)
+	pub, err := b.NewPublisher(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = pub.Publish(t.Context(), "nobody", &broker.Message{})
+	if !errors.Is(err, broker.ErrNoGroup) || broker.KindOf(err) != semantics.NotFound {
+		t.Fatalf("publish with no group: %v; want ErrNoGroup", err)
+	}
+	// A topic with a group, found just before, does not answer for it.
+	if err := b.Declare(t.Context(), "somebody", "g"); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := pub.Publish(t.Context(), "somebody", &broker.Message{}); err != nil {
+			t.Fatalf("publish to a topic with a group: %v", err)
+		}
+		if err := pub.Publish(t.Context(), "nobody", &broker.Message{}); !errors.Is(err, broker.ErrNoGroup) {
+			t.Fatalf("publish with no group, after a topic with one: %v; want ErrNoGroup", err)
+		}
+	}
+	if err := b.Declare(t.Context(), "nobody", "g"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(t.Context(), "nobody", &broker.Message{ID: "m"}); err != nil {
+		t.Fatalf("publish after Declare: %v", err)
+	}
+	sub, err := b.NewSubscriber(t.Context(), broker.SubscriberOptions{Topic: "nobody", Group: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sub.Receive(t.Context())
+	if err != nil || d.Message().ID != "m" {
+		t.Fatalf("the declared group did not get the message: %v", err)
+	}
+}
+
+func TestConsumeRefusesNilHandlerFunc(t *testing.T) {
+	b := newMem(t)
+	sub, err := b.NewSubscriber(t.Context(), broker.SubscriberOptions{Topic: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f broker.HandlerFunc
+	if err := broker.Consume(t.Context(), sub, f, broker.ConsumeOptions{}); broker.KindOf(err) != semantics.InvalidArgument {
+		t.Errorf("Consume with a nil HandlerFunc: %v", err)
+	}
+}
+
+// recorder logs the Close calls a Broker makes on its driver's values.
+type recorder struct {
+	driver.Broker
+	mu  sync.Mutex
+	log []string
+}
+
+func (r *recorder) note(s string) { r.mu.Lock(); r.log = append(r.log, s); r.mu.Unlock() }
+
+func (r *recorder) NewPublisher(ctx context.Context) (driver.Publisher, error) {
+	p, err := r.Broker.NewPublisher(ctx)
+	return closeNoted{p, r, "publisher"}, err
+}
+
+func (r *recorder) NewSubscriber(ctx context.Context, o driver.SubscriberOptions) (driver.Subscriber, error) {
+	s, err := r.Broker.NewSubscriber(ctx, o)
+	return closeNoted{s, r, "subscriber"}, err
+}
+
+func (r *recorder) Close(ctx context.Context) error { r.note("broker"); return r.Broker.Close(ctx) }
+
+type closeNoted struct {
+	v interface {
+		Close(context.Context) error
+	}
+	r    *recorder
+	what string
+}
+
+func (c closeNoted) Close(ctx context.Context) error { c.r.note(c.what); return c.v.Close(ctx) }
+func (c closeNoted) Publish(ctx context.Context, topic string, msgs ...*broker.Message) error {
+	return c.v.(driver.Publisher).Publish(ctx, topic, msgs...)
+}
+func (c closeNoted) Receive(ctx context.Context) (driver.Delivery, error) {
+	return c.v.(driver.Subscriber).Receive(ctx)
+}
+
+// Broker.Close closes subscribers first, then publishers (they flush), then
+// the connection; later calls get ErrClosed.
+func TestCloseOrder(t *testing.T) {
+	ctx := context.Background()
+	r := &recorder{Broker: memory.New(memory.Options{})}
+	b := broker.New(r)
+	pub, _ := b.NewPublisher(ctx)
+	sub, _ := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "t"})
+	if err := b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.log, ","); got != "subscriber,publisher,broker" {
+		t.Errorf("close order = %s", got)
+	}
+	if err := pub.Publish(ctx, "t", &broker.Message{}); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("Publish after Broker.Close: %v", err)
+	}
+	if _, err := sub.Receive(ctx); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("Receive after Broker.Close: %v", err)
+	}
+	if err := b.Close(ctx); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+// Settling is idempotent, and As reaches the adapter's own type.
+func TestDeliverySettlingAndAs(t *testing.T) {
+	b := newMem(t)
+	sub, _ := b.NewSubscriber(t.Context(), broker.SubscriberOptions{Topic: "t"})
+	pub, _ := b.NewPublisher(t.Context())
+	if err := pub.Publish(t.Context(), "t", &broker.Message{ID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := sub.Receive(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Ack(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Ack(t.Context()); err != nil {
+		t.Errorf("second Ack: %v", err)
+	}
+	if err := d.Nack(t.Context(), 0); !errors.Is(err, broker.ErrAlreadySettled) {
+		t.Errorf("Nack after Ack: %v", err)
+	}
+	var mb *memory.Broker
+	if !b.As(&mb) || mb == nil {
+		t.Error("As(*memory.Broker) = false")
+	}
+	var wrong *url.URL
+	if b.As(&wrong) {
+		t.Error("As(*url.URL) = true")
+	}
+}
+
+// Names are non-empty, valid UTF-8 without control characters, on every
+// broker.
+func TestNamesAreChecked(t *testing.T) {
+	b := newMem(t)
+	pub, err := b.NewPublisher(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"", "a\x01", "a\x7f", "\xffa", "tö\x00"} {
+		if err := pub.Publish(t.Context(), bad, &broker.Message{}); broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("topic %q: %v; want InvalidArgument", bad, err)
+		}
+	}
+	for _, good := range []string{"orders.v1", "tópico-ü"} {
+		if err := b.Declare(t.Context(), good, "g"); err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.Publish(t.Context(), good, &broker.Message{}); err != nil {
+			t.Errorf("topic %q: %v", good, err)
+		}
 	}
 }

@@ -22,7 +22,11 @@ func Example() {
 	}
 	defer b.Close(context.Background())
 
-	sub, _ := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "orders", Group: "billing"})
+	// The group is declared by the subscriber, before the first publish;
+	// the guarantee is declared with it, once.
+	sub, _ := b.NewSubscriber(ctx, broker.SubscriberOptions{
+		Topic: "orders", Group: "billing", Guarantee: semantics.AtLeastOnce,
+	})
 	defer sub.Close(context.Background())
 	pub, _ := b.NewPublisher(ctx)
 	defer pub.Close(context.Background())
@@ -47,8 +51,7 @@ func Example() {
 		return nil
 	})
 	err = broker.Consume(ctx, sub, h, broker.ConsumeOptions{
-		Guarantee: semantics.AtLeastOnce,
-		OnError:   func(m *broker.Message, err error) { fmt.Println("nacked:", err) },
+		OnError: func(m *broker.Message, err error) { fmt.Println("nacked:", err) },
 	})
 	fmt.Println("consume returned", err)
 	// Output:

@@ -30,3 +30,12 @@ func Chain(mws ...Middleware) Middleware {
 		return h
 	}
 }
+
+// Sender is what publishes: *Publisher, and decorators of one (such as the
+// otel middleware's tracing publisher). Middleware that publishes (dlq,
+// redrive) takes a Sender.
+type Sender interface {
+	Publish(ctx context.Context, topic string, msgs ...*Message) error
+}
+
+var _ Sender = (*Publisher)(nil)

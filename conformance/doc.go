@@ -11,7 +11,7 @@
 //	func TestConformance(t *testing.T) {
 //		conformance.Run(t, conformance.Harness{
 //			Name: "mine",
-//			Open: func(ctx context.Context) (broker.Broker, error) { return mine.Open(ctx, url) },
+//			Open: func(ctx context.Context) (*broker.Broker, error) { return mine.Open(ctx, url) },
 //		})
 //	}
 //
@@ -32,7 +32,7 @@
 //
 // # The properties
 //
-// Every property counts with a semantics.Ledger (published, delivered,
+// Every property counts with a Ledger (published, delivered,
 // handled) and fails with numbers and ids, such as "lost 3 of 1000: ids ...".
 // Waiting is on ledger conditions with a deadline (Harness.Timeout), never a
 // fixed sleep.
@@ -91,6 +91,38 @@
 //	attempt.count             a message nacked twice is delivered with Attempt 1, 2, 3 (needs
 //	                          AttemptCount).
 //
+// Contract properties, the same on every adapter (package broker and the
+// driver contract):
+//
+//	topology.declare          groups declared before a publish each get every later message.
+//	topology.no-group-refused Publish to a topic without a group fails with ErrNoGroup.
+//	headers.reserved-refused  queuekit-id / queuekit-attempt user headers are refused.
+//	ctx.end-kind              an operation whose ctx ends fails with kind Canceled.
+//	close.order               Broker.Close closes what it made; later calls return ErrClosed.
+//	publish.delay             scheduled messages (Message.DeliverAt) are never delivered early,
+//	                          and within max(2s, AckTimeout) (needs ScheduledDelivery).
+//
+// Failure properties:
+//
+//	order.per-key-after-nack  order.per-key with every 10th first delivery failed (half with a
+//	                          50ms delay): Consume keeps a failed message's key.
+//	order.per-key-after-crash, alo.no-loss-after-crash, amo.no-redelivery-after-crash
+//	                          consumers killed mid-stream Harness.Kills times (3): child
+//	                          processes killed with SIGKILL where Harness.SharedAcrossProcesses,
+//	                          else a subscriber closed under a running Consume.
+//	fault.cut-publish, fault.cut-consume
+//	                          every connection through the suite's TCP proxy (Harness.Addr,
+//	                          OpenAt) reset 5 times (100 with QUEUEKIT_CONFORMANCE_LONG=1) while
+//	                          messages flow: nothing confirmed lost; recovery p50/max reported.
+//	                          The payloads (256 random bytes each) must have passed the proxy:
+//	                          an adapter whose connections go around it (a Kafka client
+//	                          following an advertised address) fails rather than passing
+//	                          cuts that never reached it.
+//	fault.broker-restart      the broker restarted mid-stream (Harness.Restart): nothing lost.
+//	latency                   publish -> handle p50/p99 at 200 msg/s.
+//	defaults                  the core properties again with Harness.Defaults (the adapter's
+//	                          default URL): a property passing only with tuned settings fails.
+//
 // Properties about the adapter itself (redelivery, crash, dead letters,
 // settling) use Subscriber.Receive, Ack and Nack directly; properties about
 // consumer semantics (no loss, at-most-once, ordering, graceful shutdown) use
@@ -139,5 +171,9 @@
 // Run for the same adapter merges its results into the file (a property run
 // again replaces its old result); a Run for another adapter writes
 // "<file without extension>.<adapter><extension>" instead, since one report
-// holds one adapter. Report, ReadReport and Check give tools the same data.
+// holds one adapter. RunOnly runs named properties (one that needs a harness
+// of its own, such as fault.broker-restart against a server the test owns)
+// and merges its results into the report the same way, also into a file a
+// whole Run wrote before, in another process. Report, ReadReport and Check
+// give tools the same data.
 package conformance

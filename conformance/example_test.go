@@ -16,8 +16,8 @@ func ExampleRun() {
 	testConformance := func(t *testing.T) {
 		conformance.Run(t, conformance.Harness{
 			Name: "memory",
-			Open: func(ctx context.Context) (broker.Broker, error) {
-				return memory.New(memory.Options{}), nil
+			Open: func(ctx context.Context) (*broker.Broker, error) {
+				return broker.New(memory.New(memory.Options{})), nil
 			},
 		})
 	}
@@ -28,7 +28,7 @@ func ExampleRun() {
 func ExampleCheck() {
 	rep, err := conformance.Check(context.Background(), conformance.Harness{
 		Name:       "memory",
-		Open:       func(context.Context) (broker.Broker, error) { return memory.New(memory.Options{}), nil },
+		Open:       func(context.Context) (*broker.Broker, error) { return broker.New(memory.New(memory.Options{})), nil },
 		AckTimeout: time.Second,
 	}, "roundtrip", "alo.no-loss", "group.fanout")
 	if err != nil {

@@ -22,7 +22,7 @@ type Harness struct {
 	Name string
 	// Open returns the broker under test. It is called once per property;
 	// the suite closes what it returns.
-	Open func(ctx context.Context) (broker.Broker, error)
+	Open func(ctx context.Context) (*broker.Broker, error)
 	// NewTopic returns a fresh topic name for property; default
 	// "qk-<property>-<random>" with the property's dots turned into dashes
 	// (a name every supported broker accepts). Dead letters go to the
@@ -40,14 +40,45 @@ type Harness struct {
 	// message that never comes fails when it runs out.
 	Timeout time.Duration
 
-	// Fault hooks (broker restarts, network cuts) will be added here as
-	// optional fields; a zero value will always mean "no fault".
+	// SharedAcrossProcesses says that the broker Open reaches can also be
+	// reached from another process running the same test (a server, or an
+	// emulator whose address the environment passes on): the crash
+	// properties then run their consumers in child processes — the test
+	// binary re-executed — and kill them with SIGKILL. Otherwise a crash is
+	// simulated in process by closing the subscriber under a running
+	// Consume.
+	SharedAcrossProcesses bool
+	// Kills is how many consumers each crash property kills; default 3.
+	Kills int
+
+	// Addr is the broker's host:port, for the fault.cut-* properties: the
+	// suite starts a TCP proxy to it (package faultproxy) and opens the
+	// broker through the proxy with OpenAt, then cuts every connection
+	// while messages flow. Both are needed; without them the properties
+	// are unsupported.
+	Addr string
+	// OpenAt opens the broker with addr (the proxy) in place of Addr.
+	OpenAt func(ctx context.Context, addr string) (*broker.Broker, error)
+	// Restart stops and starts the broker, keeping its state, for
+	// fault.broker-restart (RabbitMQ: rabbitmqctl stop_app / start_app on a
+	// broker the test owns). Nil: the property is unsupported.
+	Restart func(ctx context.Context) error
+	// Defaults opens the broker the way a user who changes nothing does
+	// (the adapter's default URL with only the address), for the defaults
+	// property, which runs the core properties with it. Nil: unsupported.
+	Defaults func(ctx context.Context) (*broker.Broker, error)
+
+	// testName is the running test's name, for re-executing it (set by Run;
+	// empty under Check).
+	testName string
 }
 
 const (
 	defaultAckTimeout = 2 * time.Second
 	defaultMessages   = 1000
 	defaultTimeout    = 60 * time.Second
+	defaultKills      = 3
+	longTimeout       = 10 * time.Minute
 	// teardownTimeout bounds closing what a property opened and waiting
 	// for its goroutines.
 	teardownTimeout = 10 * time.Second
@@ -74,6 +105,13 @@ func (h Harness) withDefaults() (Harness, error) {
 	if h.Timeout <= 0 {
 		h.Timeout = defaultTimeout
 	}
+	if h.Kills <= 0 {
+		h.Kills = defaultKills
+	}
+	if os.Getenv(LongEnv) == "1" && h.Timeout < longTimeout {
+		// 100 cuts, each with its reconnection, outlast a short timeout.
+		h.Timeout = longTimeout
+	}
 	return h, nil
 }
 
@@ -85,12 +123,36 @@ func (h Harness) withDefaults() (Harness, error) {
 // doc for how several Run calls share one path).
 func Run(t *testing.T, h Harness) {
 	t.Helper()
+	run(t, h, properties)
+}
+
+// RunOnly is Run restricted to the named properties (an unknown name fails
+// t), for a property that needs a harness of its own — fault.broker-restart
+// against a server the test owns, say. When ReportEnv is set, its results
+// replace those of the same properties in the report Run wrote (in this
+// process, or before it in the file).
+func RunOnly(t *testing.T, h Harness, names ...string) {
+	t.Helper()
+	props, err := selectProperties(names)
+	if err != nil || len(names) == 0 {
+		t.Fatalf("conformance.RunOnly(%q): %v", names, err)
+	}
+	run(t, h, props)
+}
+
+func run(t *testing.T, h Harness, props []property) {
+	t.Helper()
 	h, err := h.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
+	if spec, ok := childSpecFromEnv(); ok {
+		runChild(t, h, spec)
+		return
+	}
+	h.testName = t.Name()
 	rep := Report{Adapter: h.Name}
-	for _, prop := range properties {
+	for _, prop := range props {
 		t.Run(prop.name, func(t *testing.T) {
 			res := runProperty(t.Context(), h, prop, t.Logf)
 			rep.Results = append(rep.Results, res)
@@ -210,6 +272,7 @@ func runProperty(ctx context.Context, h Harness, prop property, logf func(string
 		c.reordered = 0
 	}
 	res.Published, res.Handled, res.Lost, res.Duplicates, res.Reordered = c.published, c.handled, c.lost, c.duplicates, c.reordered
+	res.timing = p.timing
 	var problems []string
 	if runErr != nil {
 		problems = append(problems, runErr.Error())
@@ -221,6 +284,11 @@ func runProperty(ctx context.Context, h Harness, prop property, logf func(string
 	}
 	if note := p.consumeNote(); note != "" {
 		p.notes = append(p.notes, note)
+	}
+	var ref refused
+	if errors.As(runErr, &ref) && len(problems) == 1 {
+		res.Verdict, res.Detail = Unsupported, ref.Error()
+		return res
 	}
 	if len(problems) > 0 {
 		res.Verdict = Fail

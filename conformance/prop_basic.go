@@ -100,13 +100,13 @@ func headersRoundtrip(p *probe) error {
 
 // expectSame receives until every message of sent (already published) was
 // delivered, acks each delivery and checks it against what was sent.
-func (p *probe) expectSame(sub broker.Subscriber, sent []*broker.Message) error {
+func (p *probe) expectSame(sub *broker.Subscriber, sent []*broker.Message) error {
 	want := make(map[string]*broker.Message, len(sent))
 	for _, m := range sent {
 		want[m.ID] = m.Clone()
 		p.led.Published(m.ID, m.Key)
 	}
-	stop := p.receive(sub, func(d broker.Delivery) {
+	stop := p.receive(sub, func(d *broker.Delivery) {
 		got := d.Message()
 		p.led.Delivered(got.ID)
 		w, ok := want[got.ID]
@@ -245,7 +245,7 @@ func publishOversizeRefused(p *probe) error {
 	// Anything of the refused batch that arrives while we wait for the
 	// later messages shows that the batch was partly sent. Where the adapter
 	// keeps per-key order this is conclusive (all share key "k").
-	stop := p.receive(sub, func(d broker.Delivery) {
+	stop := p.receive(sub, func(d *broker.Delivery) {
 		id := d.Message().ID
 		p.led.Delivered(id)
 		if id == small.ID || id == over.ID {
@@ -268,7 +268,7 @@ func ackIdempotent(p *probe) error {
 	var mu sync.Mutex
 	role := map[string]int{} // 0: acked first, 1: nacked first
 	seen := map[string]int{}
-	stop := p.receive(sub, func(d broker.Delivery) {
+	stop := p.receive(sub, func(d *broker.Delivery) {
 		id := d.Message().ID
 		p.led.Delivered(id)
 		mu.Lock()
@@ -322,7 +322,7 @@ func attemptCount(p *probe) error {
 	}
 	var mu sync.Mutex
 	var attempts []int
-	stop := p.receive(sub, func(d broker.Delivery) {
+	stop := p.receive(sub, func(d *broker.Delivery) {
 		m := d.Message()
 		p.led.Delivered(m.ID)
 		mu.Lock()

@@ -30,7 +30,7 @@ func closePublisherFlush(p *probe) error {
 	ok := map[string]bool{} // Publish returned nil
 	received := map[string]int{}
 	refused := 0
-	stop := p.receive(sub, func(d broker.Delivery) {
+	stop := p.receive(sub, func(d *broker.Delivery) {
 		mu.Lock()
 		received[d.Message().ID]++
 		mu.Unlock()
@@ -107,7 +107,7 @@ func closePublisherFlush(p *probe) error {
 	p.counts = c
 	if werr != nil {
 		sort.Strings(lost)
-		return fmt.Errorf("lost %d of %d messages whose Publish returned nil around Close: ids %s (%v)", len(lost), published, semantics.Sample(lost, 5), werr)
+		return fmt.Errorf("lost %d of %d messages whose Publish returned nil around Close: ids %s (%v)", len(lost), published, Sample(lost, 5), werr)
 	}
 	p.notef("%d publishes returned nil and were delivered, %d returned ErrClosed after Close", published, refused)
 	return nil

@@ -20,7 +20,7 @@ func aloNackRedelivers(p *probe) error {
 	}
 	var mu sync.Mutex
 	seen := map[string]int{}
-	stop := p.receive(sub, func(d broker.Delivery) {
+	stop := p.receive(sub, func(d *broker.Delivery) {
 		m := d.Message()
 		p.led.Delivered(m.ID)
 		mu.Lock()
@@ -58,7 +58,7 @@ func aloCrashRedelivers(p *probe) error {
 	}
 	var mu sync.Mutex
 	held := map[string]bool{}
-	stopCrashed := p.receive(crashed, func(d broker.Delivery) {
+	stopCrashed := p.receive(crashed, func(d *broker.Delivery) {
 		p.led.Delivered(d.Message().ID)
 		mu.Lock()
 		held[d.Message().ID] = true // never settled: this consumer "crashes"
@@ -86,7 +86,7 @@ func aloCrashRedelivers(p *probe) error {
 	if err != nil {
 		return err
 	}
-	stop := p.receive(next, func(d broker.Delivery) {
+	stop := p.receive(next, func(d *broker.Delivery) {
 		m := d.Message()
 		p.led.Delivered(m.ID)
 		if p.caps.AttemptCount && m.Attempt < 2 {
@@ -195,7 +195,7 @@ func amoWindow(h Harness) time.Duration { return h.AckTimeout * 3 / 2 }
 
 func amoNoRedelivery(p *probe) error {
 	const n = 40
-	sub, err := p.subscribe("g", nil)
+	sub, err := p.subscribeOrRefused("g", func(o *broker.SubscriberOptions) { o.Guarantee = semantics.AtMostOnce })
 	if err != nil {
 		return err
 	}
@@ -203,7 +203,7 @@ func amoNoRedelivery(p *probe) error {
 	calls := map[string]int{}
 	var twice []string
 	failed := 0
-	c := p.consume(sub, broker.ConsumeOptions{Guarantee: semantics.AtMostOnce, Concurrency: 4},
+	c := p.consume(sub, broker.ConsumeOptions{Concurrency: 4},
 		func(_ context.Context, m *broker.Message) error {
 			p.led.Delivered(m.ID)
 			mu.Lock()
@@ -243,7 +243,7 @@ func amoNoRedelivery(p *probe) error {
 	if len(twice) > 0 {
 		sort.Strings(twice)
 		return fmt.Errorf("at-most-once handled %d of %d messages more than once (watched %v after all were handled): ids %s",
-			len(twice), n, window, semantics.Sample(twice, 5))
+			len(twice), n, window, Sample(twice, 5))
 	}
 	p.notef("no message handled twice within %v (1.5 x AckTimeout) after all %d were handled; %d handler failures were not retried", window, n, failed)
 	return nil
@@ -266,7 +266,7 @@ func nackDelay(p *probe) error {
 	var mu sync.Mutex
 	nackedAt := map[string]time.Time{}
 	var waited []time.Duration
-	stop := p.receive(sub, func(d broker.Delivery) {
+	stop := p.receive(sub, func(d *broker.Delivery) {
 		m := d.Message()
 		p.led.Delivered(m.ID)
 		mu.Lock()
@@ -305,7 +305,7 @@ const dlqMaxAttempts = 3
 
 func dlqAfterMaxAttempts(p *probe) error {
 	const n = 3
-	dlqTopic := broker.SubscriberOptions{Topic: p.topic}.WithDefaults().DeadLetterTopic
+	dlqTopic := broker.DeadLetterTopic(p.topic)
 	// The dead-letter subscriber exists first: on some brokers a topic
 	// drops what is published before anyone subscribes.
 	dead, err := p.subscribe("dlq", func(o *broker.SubscriberOptions) { o.Topic = dlqTopic })
@@ -328,7 +328,7 @@ func dlqAfterMaxAttempts(p *probe) error {
 	attempts := map[string][]int{} // main subscription: Attempt of each delivery
 	atDeath := map[string][]int{}  // attempts[id] when id first reached the DLQ
 	dlqCopies := 0
-	stopMain := p.receive(main, func(d broker.Delivery) {
+	stopMain := p.receive(main, func(d *broker.Delivery) {
 		m := d.Message()
 		p.led.Delivered(m.ID)
 		mu.Lock()
@@ -337,7 +337,7 @@ func dlqAfterMaxAttempts(p *probe) error {
 		p.nack(d, 0)
 	})
 	defer stopMain()
-	stopDead := p.receive(dead, func(d broker.Delivery) {
+	stopDead := p.receive(dead, func(d *broker.Delivery) {
 		m := d.Message()
 		w, ok := want[m.ID]
 		switch {

@@ -52,6 +52,21 @@ type Result struct {
 	Detail string `json:"detail"`
 	// Elapsed is how long the property ran; not part of the JSON.
 	Elapsed time.Duration `json:"-"`
+	timing
+}
+
+// timing holds the figures some properties measure besides the counts.
+type timing struct {
+	// Cuts counts the connection cuts (or broker restarts) survived.
+	Cuts int `json:"cuts,omitempty"`
+	// RecoveryP50Ms and RecoveryMaxMs: from a cut to the next message
+	// through (published, or handled), in milliseconds.
+	RecoveryP50Ms float64 `json:"recovery_p50_ms,omitempty"`
+	RecoveryMaxMs float64 `json:"recovery_max_ms,omitempty"`
+	// LatencyP50Ms and LatencyP99Ms: publish to handle at a fixed rate,
+	// in milliseconds.
+	LatencyP50Ms float64 `json:"latency_p50_ms,omitempty"`
+	LatencyP99Ms float64 `json:"latency_p99_ms,omitempty"`
 }
 
 // Report is the outcome of a suite run against one adapter; its JSON form is
@@ -169,6 +184,12 @@ func recordReport(path string, rep Report) (string, error) {
 	merged := rep
 	if prev, ok := written[path]; ok {
 		merged = mergeReports(*prev, rep)
+	} else if len(rep.Results) < len(properties) {
+		// A partial run (RunOnly) of its own: it updates the report a
+		// whole run wrote before, rather than replacing it.
+		if old, err := ReadReport(path); err == nil && old.Adapter == rep.Adapter {
+			merged = mergeReports(old, rep)
+		}
 	}
 	if err := merged.WriteFile(path); err != nil {
 		return path, err

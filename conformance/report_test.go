@@ -61,7 +61,7 @@ func TestCheckRejectsBadInput(t *testing.T) {
 	if _, err := Check(t.Context(), Harness{Name: "x"}); err == nil || !strings.Contains(err.Error(), "Open") {
 		t.Errorf("Check without Open: err = %v", err)
 	}
-	h := Harness{Name: "x", Open: brokenHarness(brokenCase{}).Open}
+	h := Harness{Name: "x", Open: brokenHarness(t, brokenCase{}).Open}
 	if _, err := Check(t.Context(), h, "alo.no-loss", "exactly-once"); err == nil || !strings.Contains(err.Error(), "alo.no-loss") {
 		t.Errorf("Check with an unknown property: err = %v, want one listing the known ones", err)
 	}

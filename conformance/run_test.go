@@ -15,20 +15,24 @@ import (
 	"github.com/queuekit/queuekit/semantics"
 )
 
-func openMemory(context.Context) (broker.Broker, error) { return memory.New(memory.Options{}), nil }
+func openMemory(context.Context) (*broker.Broker, error) {
+	return broker.New(memory.New(memory.Options{})), nil
+}
 
 // TestMemoryConformance is what every adapter's test looks like: the honest
 // memory adapter must pass every property (it claims every capability).
 func TestMemoryConformance(t *testing.T) {
 	conformance.Run(t, conformance.Harness{
-		Name:       "memory",
+		// Not "memory": with QUEUEKIT_CONFORMANCE_REPORT set for a whole
+		// run, this report would replace the adapter's own.
+		Name:       "memory-suite-self-test",
 		Open:       openMemory,
 		AckTimeout: time.Second,
 	})
 }
 
 // hidden claims no capability.
-type hidden struct{ broker.Broker }
+type hidden struct{ *memory.Broker }
 
 func (hidden) Capabilities() semantics.Capabilities { return semantics.Capabilities{} }
 
@@ -38,8 +42,10 @@ func (hidden) Capabilities() semantics.Capabilities { return semantics.Capabilit
 func TestRunReportsAndSkips(t *testing.T) {
 	if os.Getenv("QUEUEKIT_CONFORMANCE_CHILD") == "1" {
 		conformance.Run(t, conformance.Harness{
-			Name:       "claims-nothing",
-			Open:       func(ctx context.Context) (broker.Broker, error) { return hidden{memory.New(memory.Options{})}, nil },
+			Name: "claims-nothing",
+			Open: func(ctx context.Context) (*broker.Broker, error) {
+				return broker.New(hidden{memory.New(memory.Options{})}), nil
+			},
 			AckTimeout: time.Second,
 			Messages:   100,
 		})
@@ -67,6 +73,10 @@ func TestRunReportsAndSkips(t *testing.T) {
 			continue
 		}
 		switch {
+		case p.Hook != "":
+			if res.Verdict != conformance.Unsupported || !strings.Contains(res.Detail, "refused") {
+				t.Errorf("%s: verdict %s (%s), want unsupported: the harness has no %s", p.Name, res.Verdict, res.Detail, p.Hook)
+			}
 		case p.Needs == "" && res.Verdict != conformance.Pass:
 			t.Errorf("%s: verdict %s (%s), want pass", p.Name, res.Verdict, res.Detail)
 		case p.Needs != "" && res.Verdict != conformance.Unsupported:
@@ -89,5 +99,31 @@ func TestRunReportsAndSkips(t *testing.T) {
 		if !strings.Contains(string(raw), field) {
 			t.Errorf("report has no %s field:\n%s", field, raw)
 		}
+	}
+}
+
+// RunOnly runs the named properties and, with the report variable set,
+// updates the report an earlier whole run wrote: its results replace those
+// of the same properties, the others stay.
+func TestRunOnlyUpdatesTheReport(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "report.json")
+	old := conformance.Report{Adapter: "memory-run-only", Results: []conformance.Result{
+		{Property: "roundtrip", Verdict: conformance.Fail, Detail: "stale"},
+		{Property: "ack.idempotent", Verdict: conformance.Pass, Detail: "kept"},
+	}}
+	if err := old.WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(conformance.ReportEnv, path)
+	conformance.RunOnly(t, conformance.Harness{Name: "memory-run-only", Open: openMemory, AckTimeout: time.Second}, "roundtrip")
+	rep, err := conformance.ReadReport(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := rep.Result("roundtrip"); res.Verdict != conformance.Pass {
+		t.Errorf("roundtrip = %s (%s) after RunOnly, want its new pass", res.Verdict, res.Detail)
+	}
+	if res, _ := rep.Result("ack.idempotent"); res.Detail != "kept" || len(rep.Results) != 2 {
+		t.Errorf("report = %+v, want ack.idempotent kept from the earlier run and 2 results", rep.Results)
 	}
 }

@@ -19,7 +19,7 @@ import (
 // a poison message ends in the dead-letter topic after 3 attempts.
 func ExampleDefault() {
 	ctx := context.Background()
-	b := memory.New(memory.Options{})
+	b := broker.New(memory.New(memory.Options{}))
 	defer b.Close(ctx)
 	pub, _ := b.NewPublisher(ctx)
 	dead, _ := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "orders.dlq", Group: "ops"})
@@ -73,5 +73,5 @@ func ExampleCheck() {
 	fmt.Println(middleware.Stages(bad), middleware.Check(bad))
 	// Output:
 	// [dlq retry recover] <nil>
-	// [recover dlq] middleware: recover wraps dlq with no recover inside it: a panicking message bypasses dlq (put recover innermost)
+	// [recover dlq] middleware: recover wraps dlq, but belongs inside it: a panicking message would bypass what recover wraps: never retried in process nor dead-lettered (documented order: otel -> dlq -> retry -> ratelimit -> dedupe -> timeout -> recover)
 }

@@ -61,6 +61,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
@@ -75,7 +76,7 @@ import (
 // recover and retry alone.
 type Options struct {
 	// Publisher publishes dead letters; nil leaves dlq out.
-	Publisher broker.Publisher
+	Publisher broker.Sender
 	// Store records handled message keys; nil leaves dedupe out.
 	Store broker.IdempotencyStore
 	// MaxAttempts is the number of deliveries before a message is
@@ -103,6 +104,78 @@ type Options struct {
 	Observe broker.Middleware
 }
 
+// Stage is the protocol by which a middleware's handler makes itself known
+// in a chain: every queuekit middleware implements it, and so may yours, so
+// that Stages and Check can see the chain. Stage names the middleware
+// ("dlq", "retry", ...); Unwrap returns the handler it wraps.
+type Stage interface {
+	broker.Handler
+	Stage() string
+	Unwrap() broker.Handler
+}
+
+// stack is the documented order, outermost first, and what goes wrong when
+// a stage is moved inside a later one. Default builds its chain from it and
+// Check judges a chain by it.
+var stack = []struct {
+	name string
+	// build makes the stage from Default's options, nil when they leave
+	// it out.
+	build func(o *Options) broker.Middleware
+	// inside says why this stage goes inside the ones before it (for
+	// Check's message).
+	inside string
+}{
+	{"otel", func(o *Options) broker.Middleware { return o.Observe },
+		""},
+	{"dlq", func(o *Options) broker.Middleware {
+		if o.Publisher == nil {
+			return nil
+		}
+		do := o.DLQ
+		do.MaxAttempts, do.Native = o.MaxAttempts, o.NativeDeadLetter
+		return dlq.New(o.Publisher, do)
+	}, "otel must see every delivery's final outcome, dead-lettering included"},
+	{"retry", func(o *Options) broker.Middleware { return retry.New(o.retry()) },
+		"dlq acts on what retry gives up on"},
+	{"ratelimit", func(o *Options) broker.Middleware { return nil }, // not in Default: a rate is the caller's choice
+		"every attempt of retry must take a token"},
+	{"dedupe", func(o *Options) broker.Middleware {
+		if o.Store == nil {
+			return nil
+		}
+		return dedupe.New(o.Store, o.Dedupe)
+	}, "a message dlq dead-letters would be recorded as handled and its redriven copy skipped as a duplicate; each retry attempt must claim afresh"},
+	{"timeout", func(o *Options) broker.Middleware {
+		if o.Timeout <= 0 {
+			return nil
+		}
+		return timeout.New(o.Timeout)
+	}, "the handler's deadline must stay below dedupe's claim lease"},
+	{"recover", func(o *Options) broker.Middleware { return qkrecover.New(o.Recover) },
+		"a panicking message would bypass what recover wraps: never retried in process nor dead-lettered"},
+}
+
+func rank(name string) int {
+	for i, s := range stack {
+		if s.name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func (o *Options) retry() retry.Options {
+	ro := retry.Options{Mode: retry.Redelivery, MaxAttempts: o.MaxAttempts}
+	if o.Retry != nil {
+		ro = *o.Retry
+	}
+	if o.NativeDeadLetter {
+		ro.MaxAttempts = math.MaxInt32 // the broker decides when to give up
+	}
+	return ro
+}
+
 // Default returns the documented stack: Observe -> dlq -> retry -> dedupe
 // -> timeout -> recover -> handler, leaving out what Options leave out. It
 // panics on invalid options, as the middleware it composes do.
@@ -113,30 +186,12 @@ func Default(opts Options) broker.Middleware {
 	if opts.MaxAttempts == 0 {
 		opts.MaxAttempts = 5
 	}
-	ro := retry.Options{Mode: retry.Redelivery, MaxAttempts: opts.MaxAttempts}
-	if opts.Retry != nil {
-		ro = *opts.Retry
-	}
-	if opts.NativeDeadLetter {
-		ro.MaxAttempts = math.MaxInt32 // the broker decides when to give up
-	}
 	var chain []broker.Middleware
-	if opts.Observe != nil {
-		chain = append(chain, opts.Observe)
+	for _, s := range stack {
+		if mw := s.build(&opts); mw != nil {
+			chain = append(chain, mw)
+		}
 	}
-	if opts.Publisher != nil {
-		do := opts.DLQ
-		do.MaxAttempts, do.Native = opts.MaxAttempts, opts.NativeDeadLetter
-		chain = append(chain, dlq.New(opts.Publisher, do))
-	}
-	chain = append(chain, retry.New(ro))
-	if opts.Store != nil {
-		chain = append(chain, dedupe.New(opts.Store, opts.Dedupe))
-	}
-	if opts.Timeout > 0 {
-		chain = append(chain, timeout.New(opts.Timeout))
-	}
-	chain = append(chain, qkrecover.New(opts.Recover))
 	return broker.Chain(chain...)
 }
 
@@ -165,32 +220,33 @@ func Stages(h broker.Handler) []string {
 	return out
 }
 
-// Check returns an error describing each ordering in h's chain that breaks
-// a guarantee (see the package doc), or nil:
-//
-//   - dedupe outside dlq: redriven messages would be skipped as duplicates;
-//   - recover outside dlq or retry with no recover inside them: a panicking
-//     message would bypass them.
+// Check returns an error describing each pair of stages in h's chain whose
+// order breaks a guarantee — a stage wrapping one that the documented stack
+// puts outside it — or nil. A second recover outermost is fine as long as
+// one is innermost; stages Check does not know are ignored.
 func Check(h broker.Handler) error {
 	st := Stages(h)
-	at := func(name string, from int) int {
-		for i := from; i < len(st); i++ {
-			if st[i] == name {
-				return i
-			}
-		}
-		return -1
-	}
+	innermostRecover := len(st) > 0 && st[len(st)-1] == "recover"
 	var errs []error
-	if d := at("dedupe", 0); d >= 0 && at("dlq", d+1) > d {
-		errs = append(errs, errors.New("middleware: dedupe wraps dlq: a dead-lettered message is recorded as handled, so its redriven copy would be skipped (order dlq -> retry -> dedupe)"))
-	}
-	if r := at("recover", 0); r >= 0 {
-		for _, s := range []string{"dlq", "retry"} {
-			if i := at(s, r+1); i > r && at("recover", i+1) < 0 {
-				errs = append(errs, fmt.Errorf("middleware: recover wraps %s with no recover inside it: a panicking message bypasses %s (put recover innermost)", s, s))
+	for i, outer := range st {
+		ro := rank(outer)
+		if ro < 0 || (outer == "recover" && innermostRecover) {
+			continue
+		}
+		for _, inner := range st[i+1:] {
+			if ri := rank(inner); ri >= 0 && ri < ro {
+				errs = append(errs, fmt.Errorf("middleware: %s wraps %s, but belongs inside it: %s (documented order: %s)",
+					outer, inner, stack[ro].inside, order()))
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func order() string {
+	names := make([]string, len(stack))
+	for i, s := range stack {
+		names[i] = s.name
+	}
+	return strings.Join(names, " -> ")
 }

@@ -11,13 +11,13 @@ import (
 	"github.com/queuekit/queuekit/adapters/memory"
 	_ "github.com/queuekit/queuekit/adapters/rabbitmq"
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/conformance"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/middleware/dedupe"
 	"github.com/queuekit/queuekit/middleware/dlq"
 	"github.com/queuekit/queuekit/middleware/internal/mwtest"
 	qkrecover "github.com/queuekit/queuekit/middleware/recover"
 	"github.com/queuekit/queuekit/middleware/retry"
-	"github.com/queuekit/queuekit/semantics"
 )
 
 // TestDefaultStack runs the orders scenario through the default stack:
@@ -29,7 +29,7 @@ func TestDefaultStack(t *testing.T) {
 		dead := e.Subscribe(t, broker.SubscriberOptions{Topic: dlq.Topic(topic), Group: "ops"})
 		sub := e.Subscribe(t, broker.SubscriberOptions{Topic: topic, Group: "billing"})
 		const n, poison = 200, 5
-		ledger := semantics.NewLedger()
+		ledger := conformance.NewLedger()
 		var stats dedupe.Stats
 		var panics, deadLettered atomic.Int32
 		h := middleware.Default(middleware.Options{

@@ -1,5 +1,7 @@
 package semantics
 
+import "time"
+
 // Capabilities is what an adapter guarantees natively. The conformance suite
 // runs a property only when the adapter claims what it needs and reports it
 // as unsupported otherwise, so a claim here is a promise that is tested.
@@ -28,4 +30,15 @@ type Capabilities struct {
 	// MaxMessageSize is the largest payload plus headers the adapter
 	// accepts, in bytes; 0 means no limit of its own.
 	MaxMessageSize int
+	// ScheduledDelivery: a message published with Message.DeliverAt in the
+	// future is not delivered before that time (natively: SQS DelaySeconds,
+	// RabbitMQ delay queues), and is delivered soon after it, within a
+	// tolerance the adapter documents. Without it, package broker refuses
+	// such a message (Unsupported) and the transactional outbox (AddAt)
+	// schedules it instead, on any broker.
+	ScheduledDelivery bool
+	// MaxDelay is the furthest ahead a message may be scheduled, where the
+	// broker caps it (SQS: 15 minutes); 0 means no cap. Package broker
+	// refuses a DeliverAt further ahead (InvalidArgument).
+	MaxDelay time.Duration
 }

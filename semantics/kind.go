@@ -23,6 +23,10 @@ const (
 	Closed
 	// Unsupported: the adapter cannot do what was asked.
 	Unsupported
+	// Canceled: the caller's context ended (cancelled or past its
+	// deadline) before the operation finished. errors.Is matches the
+	// context's own error too.
+	Canceled
 )
 
 var kindNames = [...]string{
@@ -33,6 +37,7 @@ var kindNames = [...]string{
 	NotFound:        "not found",
 	Closed:          "closed",
 	Unsupported:     "unsupported",
+	Canceled:        "canceled",
 }
 
 // String returns the kind's name, such as "transient".

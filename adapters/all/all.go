@@ -8,9 +8,11 @@
 package all
 
 import (
-	_ "github.com/queuekit/queuekit/adapters/kafka"    // kafka://
-	_ "github.com/queuekit/queuekit/adapters/memory"   // mem://
-	_ "github.com/queuekit/queuekit/adapters/pubsub"   // gcppubsub://
-	_ "github.com/queuekit/queuekit/adapters/rabbitmq" // amqp://, amqps://
-	_ "github.com/queuekit/queuekit/adapters/sqs"      // sqs://
+	_ "github.com/queuekit/queuekit/adapters/kafka"        // kafka://
+	_ "github.com/queuekit/queuekit/adapters/memory"       // mem://
+	_ "github.com/queuekit/queuekit/adapters/nats"         // nats://
+	_ "github.com/queuekit/queuekit/adapters/pubsub"       // gcppubsub://
+	_ "github.com/queuekit/queuekit/adapters/rabbitmq"     // amqp://, amqps://
+	_ "github.com/queuekit/queuekit/adapters/redisstreams" // redis+streams://, rediss+streams://
+	_ "github.com/queuekit/queuekit/adapters/sqs"          // sqs://
 )

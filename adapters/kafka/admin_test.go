@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/internal/testenv"
 	"github.com/queuekit/queuekit/semantics"
 )
@@ -68,13 +69,13 @@ func TestLagPerPartition(t *testing.T) {
 	// Ack all of partition 0 and the first 4 of partition 1.
 	for range 30 {
 		d := receive(t, s, 10*time.Second).(*delivery)
-		if p := d.e.rec.Partition; p == 0 || p == 1 && d.e.off < 4 {
+		if p := d.entry().rec.Partition; p == 0 || p == 1 && d.entry().offset() < 4 {
 			_ = d.Ack(context.Background())
 		}
 	}
-	waitCommitted(t, b, "lag", topic, 1, 4)
-	waitCommitted(t, b, "lag", topic, 0, 10)
-	lags, err := b.Lag(context.Background(), "lag", topic)
+	waitCommitted(t, b, topic, "lag", 1, 4)
+	waitCommitted(t, b, topic, "lag", 0, 10)
+	lags, err := b.Lag(context.Background(), topic, "lag")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,19 +88,54 @@ func TestLagPerPartition(t *testing.T) {
 	if lags[2].Committed != 0 {
 		t.Errorf("partition 2 committed %d, want 0 (its first message is in flight)", lags[2].Committed)
 	}
-	none, err := b.Lag(context.Background(), "never-joined", topic)
-	if err != nil || none[0].Committed != -1 || none[0].Lag != 10 || none[0].Member != "" {
-		t.Errorf("lag of a group that never joined: %+v, %v", none, err)
-	}
 
 	// The same through broker.BacklogReporter, as the queuekit command reads it.
-	var r broker.BacklogReporter = b
+	var r driver.BacklogReporter = b
 	bl, err := r.Backlog(context.Background(), topic, "lag")
 	if err != nil || bl.Pending != 16 || bl.Consumers != 1 || len(bl.Parts) != 3 || bl.Parts[1].Pending != 6 || bl.Parts[1].Owner == "" {
 		t.Errorf("Backlog = %+v, %v; want 16 pending over 3 parts, 1 consumer", bl, err)
 	}
-	if _, err := r.Backlog(context.Background(), topic, "never-joined"); broker.KindOf(err) != semantics.NotFound {
-		t.Errorf("Backlog of a group that never joined: %v, want not found", err)
+}
+
+// TestBacklogOfGroupThatNeverCommitted: a group that never committed (nor
+// joined) lags by the whole retained log — what it will read when it starts
+// at the earliest offset — or by nothing under start=latest; it is not an
+// error, through the driver or through broker.Broker.Backlog (what
+// `queuekit lag` calls).
+func TestBacklogOfGroupThatNeverCommitted(t *testing.T) {
+	for _, start := range []StartOffset{Earliest, Latest} {
+		t.Run(map[StartOffset]string{Earliest: "earliest", Latest: "latest"}[start], func(t *testing.T) {
+			qb, kb := testQueuekit(t, Options{Partitions: 3, StartOffset: start})
+			topic := newTopic(t)
+			ctx := testCtx(t, 20*time.Second)
+			if err := qb.Declare(ctx, topic, "workers"); err != nil {
+				t.Fatal(err)
+			}
+			pub, _ := qb.NewPublisher(ctx)
+			for p := 0; p < 3; p++ {
+				if err := pub.Publish(ctx, topic, numbered(10, keyFor(p, 3))...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := int64(30)
+			if start == Latest {
+				want = 0
+			}
+			bl, err := qb.Backlog(ctx, topic, "never-committed")
+			if err != nil {
+				t.Fatalf("Backlog of a group that never committed: %v", err)
+			}
+			if bl.Pending != want || bl.Consumers != 0 || len(bl.Parts) != 3 || bl.Parts[0].Pending != want/3 || bl.Parts[0].Owner != "" {
+				t.Errorf("Backlog = %+v, want %d pending over 3 partitions and no consumer", bl, want)
+			}
+			lags, err := kb.Lag(ctx, topic, "never-committed")
+			if err != nil || len(lags) != 3 || lags[1].Committed != -1 || lags[1].Lag != want/3 {
+				t.Errorf("Lag = %+v, %v", lags, err)
+			}
+			if _, err := qb.Backlog(ctx, newTopic(t)+"-missing", "workers"); broker.KindOf(err) != semantics.NotFound {
+				t.Errorf("Backlog of a missing topic: %v, want not found", err)
+			}
+		})
 	}
 }
 
@@ -112,7 +148,7 @@ func TestCheckBalanceFindsIdleMembersAndHotPartitions(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		var err error
-		rep, err = b.CheckBalance(context.Background(), "idle", topic, 0)
+		rep, err = b.CheckBalance(context.Background(), topic, "idle", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,7 +173,7 @@ func TestCheckBalanceFindsIdleMembersAndHotPartitions(t *testing.T) {
 		msgs = append(msgs, &broker.Message{Key: fmt.Sprint("k", i)})
 	}
 	publish(t, b, hot, msgs...)
-	rep, err := b.CheckBalance(context.Background(), "nobody", hot, 0)
+	rep, err := b.CheckBalance(context.Background(), hot, "nobody", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +192,7 @@ func TestCheckBalanceFindsIdleMembersAndHotPartitions(t *testing.T) {
 		t.Fatal(err)
 	}
 	publish(t, b, even, ev...)
-	if rep, err := b.CheckBalance(context.Background(), "nobody", even, 0); err != nil || len(rep.Problems) != 0 {
+	if rep, err := b.CheckBalance(context.Background(), even, "nobody", 0); err != nil || len(rep.Problems) != 0 {
 		t.Errorf("an even topic with no members: %+v, %v", rep, err)
 	}
 }

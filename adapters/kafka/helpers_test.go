@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/internal/testenv"
 )
 
@@ -16,7 +17,12 @@ var topicSeq atomic.Int64
 
 // newTopic returns a fresh topic name for one test.
 func newTopic(t testing.TB) string {
-	name := strings.NewReplacer("/", "-", " ", "_").Replace(t.Name())
+	name := strings.Map(func(r rune) rune {
+		if r < 0x80 && legalNameByte(byte(r)) {
+			return r
+		}
+		return '-'
+	}, t.Name())
 	return fmt.Sprintf("qk-%s-%d-%d", strings.ToLower(name), time.Now().UnixNano()%1e6, topicSeq.Add(1))
 }
 
@@ -41,6 +47,22 @@ func testCtx(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
+// testQueuekit opens a Broker like testBroker and wraps it in package
+// broker's user API (which closes it).
+func testQueuekit(t testing.TB, opts Options) (*broker.Broker, *Broker) {
+	t.Helper()
+	opts.Brokers = testenv.Kafka(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	kb, err := New(ctx, opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	b := broker.New(kb)
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	return b, kb
+}
+
 // subscribe makes a subscriber closed when t ends.
 func subscribe(t testing.TB, b *Broker, opts broker.SubscriberOptions) *Subscriber {
 	t.Helper()
@@ -52,11 +74,16 @@ func subscribe(t testing.TB, b *Broker, opts broker.SubscriberOptions) *Subscrib
 	return s
 }
 
-// publish publishes msgs and fails t on error.
+// publish publishes msgs through the driver, prepared the way package broker
+// prepares them (but without its check that the topic has a group), and
+// fails t on error.
 func publish(t testing.TB, b *Broker, topic string, msgs ...*broker.Message) {
 	t.Helper()
 	pub, err := b.NewPublisher(context.Background())
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := driver.Prepare("test: publish", msgs, b.opts.MaxMessageBytes); err != nil {
 		t.Fatal(err)
 	}
 	if err := pub.Publish(testCtx(t, 15*time.Second), topic, msgs...); err != nil {
@@ -74,7 +101,7 @@ func numbered(n int, key string) []*broker.Message {
 }
 
 // receive receives one delivery within d.
-func receive(t testing.TB, s broker.Subscriber, d time.Duration) broker.Delivery {
+func receive(t testing.TB, s driver.Subscriber, d time.Duration) driver.Delivery {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
@@ -85,19 +112,9 @@ func receive(t testing.TB, s broker.Subscriber, d time.Duration) broker.Delivery
 	return dl
 }
 
-// expectNothing fails t if s delivers something within d.
-func expectNothing(t testing.TB, s broker.Subscriber, d time.Duration) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	if dl, err := s.Receive(ctx); err == nil {
-		t.Fatalf("unexpected delivery %q (attempt %d)", dl.Message().Payload, dl.Message().Attempt)
-	}
-}
-
 // committed returns the group's committed offset of topic/partition, -1
 // when none.
-func committed(t testing.TB, b *Broker, group, topic string, part int32) int64 {
+func committed(t testing.TB, b *Broker, topic, group string, part int32) int64 {
 	t.Helper()
 	offs, err := b.Admin().FetchOffsets(testCtx(t, 10*time.Second), group)
 	if err != nil {
@@ -110,11 +127,11 @@ func committed(t testing.TB, b *Broker, group, topic string, part int32) int64 {
 }
 
 // waitCommitted polls the committed offset until it is want.
-func waitCommitted(t testing.TB, b *Broker, group, topic string, part int32, want int64) {
+func waitCommitted(t testing.TB, b *Broker, topic, group string, part int32, want int64) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got := committed(t, b, group, topic, part)
+		got := committed(t, b, topic, group, part)
 		if got == want {
 			return
 		}

@@ -54,10 +54,10 @@ func consumeForeign(t *testing.T, b *Broker, topic string, want map[string]*brok
 		if fmt.Sprint(m.Headers) != fmt.Sprint(w.Headers) {
 			t.Errorf("key %s: headers %v, want %v", m.Key, m.Headers, w.Headers)
 		}
-		if got := int(d.e.rec.Partition); got != Partition(m.Key, interopParts) {
+		if got := int(d.entry().rec.Partition); got != Partition(m.Key, interopParts) {
 			t.Errorf("key %s is on partition %d; the adapter would put it on %d", m.Key, got, Partition(m.Key, interopParts))
 		}
-		if wantID := fmt.Sprintf("%s/%d/%d", topic, d.e.rec.Partition, d.e.off); m.ID != wantID {
+		if wantID := fmt.Sprintf("%s/%d/%d", topic, d.entry().rec.Partition, d.entry().offset()); m.ID != wantID {
 			t.Errorf("key %s: ID %q, want %q for a record without queuekit-id", m.Key, m.ID, wantID)
 		}
 		_ = d.Ack(context.Background())
@@ -70,8 +70,13 @@ func TestInteropKafkaGoToQueuekit(t *testing.T) {
 	if err := b.EnsureTopic(context.Background(), topic); err != nil {
 		t.Fatal(err)
 	}
+	// A Transport of its own: kafka-go's shared default one caches the
+	// cluster's metadata from earlier tests, which lacks the new topic
+	// (WriteMessages then failed with Unknown Topic Or Partition).
+	transport := &kafkago.Transport{}
+	defer transport.CloseIdleConnections()
 	w := &kafkago.Writer{Addr: kafkago.TCP(testenv.Kafka(t)...), Topic: topic, Balancer: &kafkago.Murmur2Balancer{},
-		BatchTimeout: 5 * time.Millisecond, RequiredAcks: kafkago.RequireAll}
+		BatchTimeout: 5 * time.Millisecond, RequiredAcks: kafkago.RequireAll, Transport: transport}
 	defer w.Close()
 	want := map[string]*broker.Message{}
 	var kms []kafkago.Message

@@ -8,99 +8,93 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
-var headerIDKey = []byte(broker.HeaderID)
-
 // Publisher publishes with the Broker's client: acks from all in-sync
 // replicas, the idempotent producer, keys partitioned with murmur2 like the
-// Java client. It implements broker.Publisher.
+// Java client, keyless messages spread round robin. It is the adapter's
+// driver.Publisher; package broker prepares the messages (IDs, size limit,
+// reserved headers) and checks that the topic has a group before Publish.
 type Publisher struct {
-	b        *Broker
-	inflight sync.WaitGroup
-	mu       sync.RWMutex // held shared by Publish, exclusively by Close
-	closed   bool
+	b      *Broker
+	closed chan struct{} // closed by Close: a Publish still waiting gives up
+	once   sync.Once
 }
 
-var _ broker.Publisher = (*Publisher)(nil)
+var _ driver.Publisher = (*Publisher)(nil)
 
 // NewPublisher returns a publisher over the Broker's client.
-func (b *Broker) NewPublisher(ctx context.Context) (broker.Publisher, error) {
+func (b *Broker) NewPublisher(ctx context.Context) (driver.Publisher, error) {
 	if b.closed.Load() {
-		return nil, broker.ErrClosed
+		return nil, driver.ErrClosed
 	}
-	return &Publisher{b: b}, nil
+	return &Publisher{b: b, closed: make(chan struct{})}, nil
 }
+
+// As sets a **kgo.Client target to the client the publisher produces with.
+func (p *Publisher) As(target any) bool { return p.b.As(target) }
 
 // Publish sends msgs to topic as one pipelined batch and returns once Kafka
 // has acknowledged every one (acks=all). Each message's ID travels in the
 // queuekit-id header and its PublishedAt as the record timestamp; a nil
 // Payload is a tombstone. When some messages fail the error is a
-// *broker.PublishError naming them. If ctx ends first, the messages not yet
-// acknowledged are reported failed with a Transient error: they may still
-// be written.
-func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*broker.Message) error {
+// *driver.PublishError naming them. If ctx ends (or the publisher is
+// closed) first, the messages not yet acknowledged are reported failed:
+// they may still be written.
+func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*driver.Message) error {
 	const op = "kafka: publish"
-	if topic == "" {
-		return errf(semantics.InvalidArgument, op, "topic is required")
-	}
-	if err := broker.Prepare(op, msgs, p.b.opts.MaxMessageBytes); err != nil {
+	if err := checkTopic(op, topic); err != nil {
 		return err
 	}
-	p.mu.RLock()
-	if p.closed || p.b.closed.Load() {
-		p.mu.RUnlock()
-		return broker.ErrClosed
-	}
-	p.inflight.Add(1)
-	p.mu.RUnlock()
-	defer p.inflight.Done()
 	if len(msgs) == 0 {
 		return nil
 	}
 	if err := p.b.EnsureTopic(ctx, topic); err != nil {
 		return wrap(op, err)
 	}
-	return produce(ctx, p.b.cl, topic, msgs)
+	return produce(ctx, p.closed, p.b.cl, topic, msgs)
 }
 
 // produce sends msgs as records of topic on cl and waits for every promise
-// (or ctx).
-func produce(ctx context.Context, cl *kgo.Client, topic string, msgs []*broker.Message) error {
+// (or ctx, or closed).
+func produce(ctx context.Context, closed <-chan struct{}, cl *kgo.Client, topic string, msgs []*driver.Message) error {
 	const op = "kafka: publish"
 	recs := toRecords(topic, msgs)
 	w := newWaiter(recs)
 	for i := range recs {
 		cl.Produce(ctx, &recs[i], w.promise)
 	}
+	var stopped error
 	select {
 	case <-w.done:
 	case <-ctx.Done():
+		stopped = errf(semantics.Transient, "", "no acknowledgement before the context ended (%v); the message may still be written", ctx.Err())
+	case <-closed:
+		stopped = errf(semantics.Closed, "", "no acknowledgement before the publisher was closed; the message may still be written")
 	}
 	if w.failures.Load() == 0 && w.left.Load() == 0 {
 		return nil
 	}
-	pe := &broker.PublishError{}
+	pe := &driver.PublishError{}
 	for i := range recs {
 		switch w.state[i].Load() {
 		case recFailed:
-			pe.Failed = append(pe.Failed, broker.PublishFailure{Index: i, ID: msgs[i].ID, Err: wrap("", w.errs[i])})
+			pe.Failed = append(pe.Failed, driver.PublishFailure{Index: i, ID: msgs[i].ID, Err: wrap("", w.errs[i])})
 		case recPending:
-			pe.Failed = append(pe.Failed, broker.PublishFailure{Index: i, ID: msgs[i].ID,
-				Err: errf(semantics.Transient, "", "no acknowledgement before the context ended (%v); the message may still be written", ctx.Err())})
+			pe.Failed = append(pe.Failed, driver.PublishFailure{Index: i, ID: msgs[i].ID, Err: stopped})
 		}
 	}
 	if len(pe.Failed) == 0 {
 		return nil
 	}
-	return &broker.Error{Kind: broker.KindOf(pe.Failed[0].Err), Op: op, Err: pe}
+	return &driver.Error{Kind: driver.KindOf(pe.Failed[0].Err), Op: op, Err: pe}
 }
 
 // toRecords converts msgs into records sharing a few arena allocations. An
 // empty topic sends each message to its own Topic.
-func toRecords(topic string, msgs []*broker.Message) []kgo.Record {
+func toRecords(topic string, msgs []*driver.Message) []kgo.Record {
 	nh, nb := 0, 0
 	for _, m := range msgs {
 		nh += 1 + len(m.Headers)
@@ -125,7 +119,7 @@ func toRecords(topic string, msgs []*broker.Message) []kgo.Record {
 		hs := len(hdrs)
 		start := len(arena)
 		arena = append(arena, m.ID...)
-		hdrs = append(hdrs, kgo.RecordHeader{Key: broker.HeaderID, Value: arena[start:len(arena):len(arena)]})
+		hdrs = append(hdrs, kgo.RecordHeader{Key: driver.HeaderID, Value: arena[start:len(arena):len(arena)]})
 		for k, v := range m.Headers {
 			hdrs = append(hdrs, kgo.RecordHeader{Key: k, Value: []byte(v)})
 		}
@@ -182,19 +176,12 @@ func (w *waiter) promise(r *kgo.Record, err error) {
 	}
 }
 
-// Close waits for the Publish calls in progress, no longer than ctx, and
-// makes later calls return broker.ErrClosed. Publish returns only once Kafka
-// has acknowledged its messages, so nothing is left buffered.
+// Close makes a Publish still waiting for acknowledgements return, its
+// unacknowledged messages reported failed (package broker calls it once the
+// Publish calls under way finished, or when its ctx ends first). Publish
+// returns only once Kafka acknowledged its messages, so nothing is left
+// buffered.
 func (p *Publisher) Close(ctx context.Context) error {
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
-	done := make(chan struct{})
-	go func() { p.inflight.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return errf(semantics.Transient, "kafka: close publisher", "publishes still in flight: %v", ctx.Err())
-	}
+	p.once.Do(func() { close(p.closed) })
+	return nil
 }

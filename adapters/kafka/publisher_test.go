@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,10 +77,10 @@ func TestPublishedKeysLandOnMurmur2Partitions(t *testing.T) {
 	for range msgs {
 		d := receive(t, s, 10*time.Second).(*delivery)
 		m := d.Message()
-		if got, want := int(d.e.rec.Partition), Partition(m.Key, 7); got != want {
+		if got, want := int(d.entry().rec.Partition), Partition(m.Key, 7); got != want {
 			t.Errorf("key %q is on partition %d, Java's partitioner puts it on %d", m.Key, got, want)
 		}
-		seen[int(d.e.rec.Partition)] = true
+		seen[int(d.entry().rec.Partition)] = true
 		_ = d.Ack(context.Background())
 	}
 	if len(seen) < 3 {
@@ -138,9 +139,9 @@ func TestRoundtripKeepsEverything(t *testing.T) {
 }
 
 func TestPublishRefusesOversizeBeforeIO(t *testing.T) {
-	b := testBroker(t, Options{MaxMessageBytes: 1000})
+	qb, b := testQueuekit(t, Options{MaxMessageBytes: 1000})
 	topic := newTopic(t)
-	pub, _ := b.NewPublisher(context.Background())
+	pub, _ := qb.NewPublisher(context.Background())
 	err := pub.Publish(context.Background(), topic, &broker.Message{Payload: []byte("ok")}, &broker.Message{Payload: make([]byte, 1001)})
 	if !errors.Is(err, broker.ErrTooLarge) || broker.KindOf(err) != semantics.InvalidArgument {
 		t.Fatalf("err = %v, want ErrTooLarge / invalid argument", err)
@@ -196,12 +197,52 @@ func TestPublishReportsWhichMessagesFailed(t *testing.T) {
 	}
 }
 
-func TestPublishAfterCloseAndEmptyTopic(t *testing.T) {
-	b := testBroker(t, Options{})
-	pub, _ := b.NewPublisher(context.Background())
-	if err := pub.Publish(context.Background(), "", &broker.Message{}); broker.KindOf(err) != semantics.InvalidArgument {
-		t.Errorf("empty topic: %v", err)
+// TestKafkaNamesCheckedBeforeIO: topic names Kafka would refuse are
+// InvalidArgument errors from Publish, NewSubscriber, Declare, Lag and
+// NewProcessor, before any I/O; a 249-character topic, Kafka's longest,
+// works.
+func TestKafkaNamesCheckedBeforeIO(t *testing.T) {
+	qb, kb := testQueuekit(t, Options{Nack: NackRetryTopic})
+	ctx := testCtx(t, 30*time.Second)
+	pub, _ := qb.NewPublisher(ctx)
+	for _, bad := range []string{"a b", "é", ".", "..", "a/b", strings.Repeat("t", 250)} {
+		if err := pub.Publish(ctx, bad, &broker.Message{}); broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("Publish to topic %q: %v, want an invalid argument error", bad, err)
+		}
+		if _, err := qb.NewSubscriber(ctx, broker.SubscriberOptions{Topic: bad}); broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("NewSubscriber on topic %q: %v, want an invalid argument error", bad, err)
+		}
+		if err := qb.Declare(ctx, bad, "g"); broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("Declare of topic %q: %v, want an invalid argument error", bad, err)
+		}
+		if _, err := kb.Lag(ctx, bad, "g"); broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("Lag of topic %q: %v, want an invalid argument error", bad, err)
+		}
+		if _, err := kb.NewProcessor(ctx, ProcessorOptions{Topic: bad, Group: "g", TransactionalID: "tx"}); broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("NewProcessor on topic %q: %v, want an invalid argument error", bad, err)
+		}
+		if listed, err := kb.Admin().ListTopics(ctx, bad); err == nil {
+			if d, ok := listed[bad]; ok && d.Err == nil {
+				t.Errorf("topic %q was created", bad)
+			}
+		}
 	}
+	// The retry topic, <topic>.<group>.retry, must be a legal name too.
+	if _, err := qb.NewSubscriber(ctx, broker.SubscriberOptions{Topic: strings.Repeat("t", 240), Group: "billing"}); broker.KindOf(err) != semantics.InvalidArgument {
+		t.Errorf("NewSubscriber whose retry topic is too long: %v, want an invalid argument error", err)
+	}
+	long := strings.Repeat("t", 249)
+	if err := qb.Declare(ctx, long, "g"); err != nil {
+		t.Fatalf("Declare of a 249-character topic: %v", err)
+	}
+	if err := pub.Publish(ctx, long, &broker.Message{Payload: []byte("x")}); err != nil {
+		t.Errorf("Publish to a 249-character topic: %v", err)
+	}
+}
+
+func TestPublishAfterClose(t *testing.T) {
+	qb, _ := testQueuekit(t, Options{})
+	pub, _ := qb.NewPublisher(context.Background())
 	if err := pub.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}

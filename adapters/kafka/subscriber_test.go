@@ -8,11 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
-func payloadOf(d broker.Delivery) string { return string(d.Message().Payload) }
+func payloadOf(d driver.Delivery) string { return string(d.Message().Payload) }
 
 // TestCommitsOnlyUpToLowestUnacked acks every message of a partition but
 // one: the committed offset stops at that one until it is acked.
@@ -21,7 +24,7 @@ func TestCommitsOnlyUpToLowestUnacked(t *testing.T) {
 	topic := newTopic(t)
 	s := subscribe(t, b, broker.SubscriberOptions{Topic: topic, Group: "g"})
 	publish(t, b, topic, numbered(10, "")...)
-	var held broker.Delivery
+	var held driver.Delivery
 	for i := 0; i < 10; i++ {
 		d := receive(t, s, 10*time.Second)
 		if payloadOf(d) == "3" {
@@ -32,18 +35,18 @@ func TestCommitsOnlyUpToLowestUnacked(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitCommitted(t, b, "g", topic, 0, 3)
+	waitCommitted(t, b, topic, "g", 0, 3)
 	// Still 3 after more commit rounds: never past the message in flight.
 	if err := s.commit(context.Background(), s.partitions(), false); err != nil {
 		t.Fatal(err)
 	}
-	if got := committed(t, b, "g", topic, 0); got != 3 {
+	if got := committed(t, b, topic, "g", 0); got != 3 {
 		t.Fatalf("committed %d while offset 3 is in flight", got)
 	}
 	if err := held.Ack(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitCommitted(t, b, "g", topic, 0, 10)
+	waitCommitted(t, b, topic, "g", 0, 10)
 }
 
 // TestNackPauseKeepsOrder nacks the first message of a partition with a
@@ -207,7 +210,7 @@ func TestCrashRedeliversWithAttemptCount(t *testing.T) {
 	topic := newTopic(t)
 	s := subscribe(t, b, broker.SubscriberOptions{Topic: topic, Group: "g"})
 	publish(t, b, topic, numbered(3, "")...)
-	var ds []broker.Delivery
+	var ds []driver.Delivery
 	for range 3 {
 		ds = append(ds, receive(t, s, 10*time.Second))
 	}
@@ -230,18 +233,66 @@ func TestCrashRedeliversWithAttemptCount(t *testing.T) {
 	}
 }
 
+// The watermark is the lowest unacknowledged offset across the runs a
+// partition tracks, whatever order the acks come in, and the offset after
+// the last record once every run is let go.
+func TestTrackRunsWatermark(t *testing.T) {
+	p := &partition{next: 30}
+	var runs [][]delivery
+	for _, offs := range [][]int64{{10, 11, 12}, {14}, {20, 21}} { // gaps: compacted or aborted records
+		run := make([]delivery, len(offs))
+		for i, off := range offs {
+			run[i].ent.rec = &kgo.Record{Offset: off}
+		}
+		runs = append(runs, run)
+		p.track = append(p.track, run)
+	}
+	ack := func(run, i int, want int64) {
+		t.Helper()
+		runs[run][i].ent.done = true
+		p.advance()
+		if got := p.watermark(); got != want {
+			t.Fatalf("after acking %d: watermark %d, want %d", runs[run][i].ent.offset(), got, want)
+		}
+	}
+	ack(0, 1, 10)
+	ack(2, 0, 10)
+	ack(0, 0, 12)
+	ack(1, 0, 12)
+	ack(0, 2, 21) // runs 0 and 1 let go at once
+	if left := len(p.track) - p.t0; left != 1 {
+		t.Fatalf("%d runs left, want the last one only", left)
+	}
+	ack(2, 1, 30)
+	if len(p.track) != 0 {
+		t.Fatalf("%d runs left after every ack", len(p.track))
+	}
+}
+
 func TestAttemptsMetaRoundtrip(t *testing.T) {
 	p := &partition{next: 20}
-	mk := func(off int64, attempt int, handed bool) *entry {
-		d := &delivery{}
-		d.msg.Attempt = attempt
+	var run []delivery // first deliveries
+	mk := func(off int64, attempt int32, handed bool) {
+		run = append(run, delivery{ent: entry{rec: &kgo.Record{Offset: off}, base: 1}})
+		d := &run[len(run)-1]
+		if off == 14 {
+			d.ent.cur = &delivery{} // redelivered, not handed out yet
+			d = d.ent.cur
+		}
+		d.attempt = attempt
 		if handed {
 			d.handed.Store(1)
 		}
-		return &entry{off: off, base: 1, cur: d}
 	}
-	p.track = []*entry{mk(10, 1, true), mk(11, 1, true), mk(12, 1, true), mk(13, 3, true), mk(14, 2, false), mk(15, 1, false), mk(16, 1, true)}
-	p.track[2].done = true
+	mk(10, 1, true)
+	mk(11, 1, true)
+	mk(12, 1, true)
+	mk(13, 3, true)
+	mk(14, 2, false)
+	mk(15, 1, false)
+	mk(16, 1, true)
+	run[2].ent.done = true
+	p.track = [][]delivery{run[:2], run[2:5], run[5:]} // runs
 	meta := p.attemptsMeta()
 	if meta != "qk1:10-11*1,13*3,14*1,16*1" {
 		t.Fatalf("meta %q", meta)
@@ -276,5 +327,102 @@ func TestReceiveAfterCloseAndSettleTwice(t *testing.T) {
 	_ = s.Close(context.Background())
 	if _, err := s.Receive(context.Background()); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Receive after Close: %v", err)
+	}
+}
+
+// TestAtMostOnceAckIsCommittedWhenItReturns: a subscriber declared
+// AtMostOnce (with the default one-second commit interval) has the offset
+// committed by the time Ack returns, so a crash right after can never
+// redeliver the message.
+func TestAtMostOnceAckIsCommittedWhenItReturns(t *testing.T) {
+	b := testBroker(t, Options{Partitions: 1})
+	topic := newTopic(t)
+	amo := subscribe(t, b, broker.SubscriberOptions{Topic: topic, Group: "amo", Guarantee: semantics.AtMostOnce})
+	publish(t, b, topic, numbered(3, "")...)
+	for i := int64(0); i < 3; i++ {
+		if err := receive(t, amo, 10*time.Second).Ack(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got := committed(t, b, topic, "amo", 0); got != i+1 {
+			t.Fatalf("after the at-most-once Ack of offset %d the committed offset is %d, want %d", i, got, i+1)
+		}
+	}
+}
+
+// TestHolderMayCountAttemptsInPlace: Consume retries a message in place
+// under PerKey ordering, counting Message.Attempt up while the delivery is
+// held; the adapter's committer, running meanwhile, must not read the
+// holder's Message (go test -race caught it), and the Nack that follows
+// must honour the holder's count: at MaxAttempts the message is
+// dead-lettered with that count.
+func TestHolderMayCountAttemptsInPlace(t *testing.T) {
+	b := testBroker(t, Options{Partitions: 1, CommitInterval: time.Millisecond})
+	topic := newTopic(t)
+	s := subscribe(t, b, broker.SubscriberOptions{Topic: topic, MaxAttempts: 4})
+	dead := subscribe(t, b, broker.SubscriberOptions{Topic: topic + ".dlq"})
+	publish(t, b, topic, numbered(2, "k")...)
+	d := receive(t, s, 10*time.Second)
+	_ = receive(t, s, 10*time.Second) // in flight: the committer has metadata to write
+	m := d.Message()
+	// Count up to 4 over at least 50ms, while the committer runs (a loop
+	// bounded by time alone could stop short of 4 on a loaded machine:
+	// then the Nack redelivers from memory and nothing is dead-lettered).
+	for start := time.Now(); m.Attempt < 4 || time.Since(start) < 50*time.Millisecond; {
+		if m.Attempt < 4 {
+			m.Attempt++ // what retryInPlace does between handler runs
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := d.Nack(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	dl := receive(t, dead, 10*time.Second)
+	if dl.Message().ID != m.ID || dl.Message().Header(broker.HeaderDeadAttempts) != "4" {
+		t.Fatalf("dead letter %s with %s=%q, want %s after 4 attempts", dl.Message().ID, broker.HeaderDeadAttempts, dl.Message().Header(broker.HeaderDeadAttempts), m.ID)
+	}
+}
+
+// TestPrefetchBoundsDeliveries: the poller takes whole fetches from the
+// client, but no more than Prefetch deliveries are handed out unsettled;
+// settling one lets the next through, and every message comes in offset
+// order.
+func TestPrefetchBoundsDeliveries(t *testing.T) {
+	b := testBroker(t, Options{Partitions: 1})
+	topic := newTopic(t)
+	s := subscribe(t, b, broker.SubscriberOptions{Topic: topic, Prefetch: 5})
+	publish(t, b, topic, numbered(50, "k")...)
+	var held []driver.Delivery
+	for i := 0; i < 5; i++ {
+		held = append(held, receive(t, s, 10*time.Second))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if d, err := s.Receive(ctx); err == nil {
+		t.Fatalf("a sixth delivery (%q) with Prefetch 5 and none settled", payloadOf(d))
+	}
+	s.mu.Lock()
+	backlog := len(s.backlog)
+	s.mu.Unlock()
+	if got := s.outstanding.Load(); got != 5 || backlog == 0 {
+		t.Errorf("outstanding %d, backlog %d entries: want 5, and the rest of the fetch waiting undecoded", got, backlog)
+	}
+	for _, d := range held {
+		if err := d.Ack(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 5; i < 50; i++ {
+		d := receive(t, s, 10*time.Second)
+		if got := payloadOf(d); got != strconv.Itoa(i) {
+			t.Fatalf("message %d is %q", i, got)
+		}
+		if err := d.Ack(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, d := range held {
+		if got := payloadOf(d); got != strconv.Itoa(i) {
+			t.Errorf("message %d is %q", i, got)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -63,6 +64,12 @@ func (b *Broker) NewProcessor(ctx context.Context, opts ProcessorOptions) (*Proc
 		return nil, errf(semantics.InvalidArgument, op, "ProcessorOptions.MaxBatch is %d, must be >= 0", opts.MaxBatch)
 	case opts.MaxBatch == 0:
 		opts.MaxBatch = 500
+	}
+	if err := checkTopic(op, opts.Topic); err != nil {
+		return nil, err
+	}
+	if err := checkGroup(op, opts.Group); err != nil {
+		return nil, err
 	}
 	if err := b.ensureTopics(ctx, opts.Topic); err != nil {
 		return nil, wrap(op, err)
@@ -178,13 +185,13 @@ func (p *Processor) transform(ctx context.Context, fs kgo.Fetches, fn TransformF
 			fail(err)
 			break
 		}
-		if err := broker.Prepare("kafka: process", outs, 0); err != nil {
+		if err := driver.Prepare("kafka: process", outs, 0); err != nil {
 			fail(err)
 			break
 		}
 		for _, o := range outs {
-			if o.Topic == "" {
-				fail(errf(semantics.InvalidArgument, "kafka: process", "output %s of input %s names no Topic", o.ID, in.ID))
+			if err := checkTopic("kafka: process", o.Topic); err != nil {
+				fail(errf(semantics.InvalidArgument, "kafka: process", "output %s of input %s: %w", o.ID, in.ID, err))
 				break
 			}
 			if err := p.b.EnsureTopic(ctx, o.Topic); err != nil {
@@ -211,12 +218,25 @@ func (p *Processor) transform(ctx context.Context, fs kgo.Fetches, fn TransformF
 }
 
 // Close leaves the group and closes the client; a transaction in progress
-// is aborted.
-func (p *Processor) Close() {
+// is aborted. It waits no longer than ctx (the client keeps closing in the
+// background). Closing twice returns nil.
+func (p *Processor) Close(ctx context.Context) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.close {
-		p.close = true
+	if p.close {
+		p.mu.Unlock()
+		return nil
+	}
+	p.close = true
+	p.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
 		p.sess.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return errf(semantics.Transient, "kafka: close processor", "still leaving the group: %v", ctx.Err())
 	}
 }

@@ -100,7 +100,7 @@ func TestExactlyOnceSurvivesKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
+	defer p.Close(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
 	go func() {
@@ -108,7 +108,7 @@ func TestExactlyOnceSurvivesKill(t *testing.T) {
 			return []*broker.Message{{ID: m.ID, Key: m.Key, Payload: m.Payload, Topic: out}}, nil
 		})
 	}()
-	waitNoLag(t, b, "eos", in)
+	waitNoLag(t, b, in, "eos")
 	cancel()
 	if err := <-runErr; err != nil {
 		t.Fatalf("Run: %v", err)
@@ -141,7 +141,7 @@ func TestProcessorAbortsOnTransformError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
+	defer p.Close(context.Background())
 	boom := errors.New("boom")
 	calls := 0
 	err = p.Run(testCtx(t, 20*time.Second), func(_ context.Context, m *broker.Message) ([]*broker.Message, error) {
@@ -161,7 +161,7 @@ func TestProcessorAbortsOnTransformError(t *testing.T) {
 		})
 		runErr <- err
 	}()
-	waitNoLag(t, b, "g", in)
+	waitNoLag(t, b, in, "g")
 	cancel()
 	if err := <-runErr; err != nil {
 		t.Fatal(err)
@@ -176,10 +176,10 @@ func TestProcessorAbortsOnTransformError(t *testing.T) {
 }
 
 // waitNoLag polls until group has committed every record of topic.
-func waitNoLag(t *testing.T, b *Broker, group, topic string) {
+func waitNoLag(t *testing.T, b *Broker, topic, group string) {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		lags, err := b.Lag(context.Background(), group, topic)
+		lags, err := b.Lag(context.Background(), topic, group)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,26 +4,34 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
 func init() {
-	broker.Register(Scheme, broker.DriverFunc(func(ctx context.Context, u *url.URL) (broker.Broker, error) {
+	driver.Register(Scheme, driver.OpenerFunc(func(ctx context.Context, u *url.URL) (driver.Broker, error) {
 		opts, err := ParseURL(u)
 		if err != nil {
 			return nil, err
 		}
-		return New(ctx, opts)
+		b, err := New(ctx, opts)
+		if err != nil {
+			return nil, err // never a typed nil in the interface
+		}
+		return b, nil
 	}))
 }
 
@@ -37,8 +45,9 @@ var urlParams = []string{
 }
 
 // ParseURL turns kafka://[user:password@]host:port[,host:port...]/?params
-// into Options. Unknown parameters and bad values are an InvalidArgument
-// error that lists the valid parameters; the password never appears in it.
+// into Options. Unknown parameters and bad or out-of-range values are an
+// InvalidArgument error that lists the valid parameters; the password never
+// appears in it.
 func ParseURL(u *url.URL) (Options, error) {
 	const op = "kafka: open"
 	var o Options
@@ -55,74 +64,56 @@ func ParseURL(u *url.URL) (Options, error) {
 		if _, _, err := net.SplitHostPort(h); err != nil {
 			h = net.JoinHostPort(h, "9092")
 		}
+		if err := checkHostPort(h); err != nil {
+			return o, errf(semantics.InvalidArgument, op, "broker %q in %s: %v", h, u.Redacted(), err)
+		}
 		o.Brokers = append(o.Brokers, h)
 	}
 	if len(o.Brokers) == 0 {
 		return o, errf(semantics.InvalidArgument, op, "no broker in %s: use kafka://host:port[,host:port]/", u.Redacted())
 	}
 
-	p := broker.NewParams(Scheme, u, urlParams...)
+	p := driver.NewParams(Scheme, u, urlParams...)
 	var kopts []kgo.Opt
 	if id := p.String("client_id", ""); id != "" {
 		kopts = append(kopts, kgo.ClientID(id))
 	}
-	o.Partitions = p.Int("partitions", DefaultPartitions)
-	o.ReplicationFactor = p.Int("replication", -1)
+	o.Partitions = p.IntRange("partitions", DefaultPartitions, 1, maxPartitions)
+	if o.ReplicationFactor = p.IntRange("replication", -1, -1, maxReplication); o.ReplicationFactor == 0 {
+		p.Fail("parameter replication=0 must be -1 (the broker's default) or at least 1")
+	}
 	o.ManualTopics = !p.Bool("create_topics", true)
 	o.Group = p.String("group", "default")
-	switch v := p.String("start", "earliest"); v {
-	case "earliest":
-		o.StartOffset = Earliest
-	case "latest":
+	if err := checkGroup(op, o.Group); err != nil {
+		p.Fail("parameter group: %v", err)
+	}
+	if p.Enum("start", "earliest", "earliest", "latest") == "latest" {
 		o.StartOffset = Latest
-	default:
-		p.Fail("parameter start=%q must be earliest or latest", v)
 	}
-	switch v := p.String("nack", "pause"); v {
-	case "pause":
-		o.Nack = NackPause
-	case "retry-topic", "retry_topic":
+	if p.Enum("nack", "pause", "pause", "retry-topic", "retry_topic") != "pause" {
 		o.Nack = NackRetryTopic
-	default:
-		p.Fail("parameter nack=%q must be pause or retry-topic", v)
 	}
-	switch v := p.String("commit", "interval"); v {
-	case "interval":
-	case "ack":
-		o.CommitOnAck = true
-	default:
-		p.Fail("parameter commit=%q must be interval or ack", v)
-	}
-	o.CommitInterval = p.Duration("commit_interval", DefaultCommitInterval)
-	switch v := p.String("isolation", "read_committed"); v {
-	case "read_committed":
-	case "read_uncommitted":
-		o.ReadUncommitted = true
-	default:
-		p.Fail("parameter isolation=%q must be read_committed or read_uncommitted", v)
-	}
-	o.DrainTimeout = p.Duration("drain_timeout", DefaultDrainTimeout)
-	o.Prefetch = p.Int("prefetch", DefaultPrefetch)
-	o.MaxMessageBytes = p.Int("max_message_bytes", DefaultMaxMessageBytes)
+	o.CommitOnAck = p.Enum("commit", "interval", "interval", "ack") == "ack"
+	o.CommitInterval = positive(p, "commit_interval", DefaultCommitInterval)
+	o.ReadUncommitted = p.Enum("isolation", "read_committed", "read_committed", "read_uncommitted") == "read_uncommitted"
+	o.DrainTimeout = positive(p, "drain_timeout", DefaultDrainTimeout)
+	o.Prefetch = p.IntRange("prefetch", DefaultPrefetch, 1, math.MaxInt32)
+	o.MaxMessageBytes = p.IntRange("max_message_bytes", DefaultMaxMessageBytes, 1, maxMessageBytesLimit)
 	o.Linger = p.Duration("linger", 0)
-	switch v := p.String("compression", ""); v {
-	case "":
-	case "none", "gzip", "snappy", "lz4", "zstd":
+	if v := p.Enum("compression", "none", "none", "gzip", "snappy", "lz4", "zstd"); v != "none" {
 		c := map[string]kgo.CompressionCodec{
-			"none": kgo.NoCompression(), "gzip": kgo.GzipCompression(), "snappy": kgo.SnappyCompression(),
+			"gzip": kgo.GzipCompression(), "snappy": kgo.SnappyCompression(),
 			"lz4": kgo.Lz4Compression(), "zstd": kgo.ZstdCompression(),
 		}[v]
 		o.Compression = &c
-	default:
-		p.Fail("parameter compression=%q must be none, gzip, snappy, lz4 or zstd", v)
 	}
-	o.SessionTimeout = p.Duration("session_timeout", 0)
-	o.DialTimeout = p.Duration("dial_timeout", DefaultDialTimeout)
-	for name, v := range map[string]int{"partitions": o.Partitions, "prefetch": o.Prefetch, "max_message_bytes": o.MaxMessageBytes} {
-		if v <= 0 {
-			p.Fail("parameter %s=%d must be positive", name, v)
+	if p.String("session_timeout", "") != "" {
+		o.SessionTimeout = positive(p, "session_timeout", 0)
+		if o.SessionTimeout > maxSessionTimeout {
+			p.Fail("parameter session_timeout=%v is too long (at most %v)", o.SessionTimeout, maxSessionTimeout)
 		}
 	}
+	o.DialTimeout = positive(p, "dial_timeout", DefaultDialTimeout)
 
 	tlsOn := p.Bool("tls", false)
 	ca, cert, key, sni := p.String("tls_ca", ""), p.String("tls_cert", ""), p.String("tls_key", ""), p.String("tls_server_name", "")
@@ -158,26 +149,36 @@ func ParseURL(u *url.URL) (Options, error) {
 	return o, nil
 }
 
+// positive reads a duration parameter that must be above zero.
+func positive(p *driver.Params, name string, def time.Duration) time.Duration {
+	d := p.Duration(name, def) // refuses negative ones
+	if d == 0 {
+		p.Fail("parameter %s=0 must be positive", name)
+		return def
+	}
+	return d
+}
+
 func tlsConfig(caFile, certFile, keyFile, serverName string) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("tls_ca: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, errf(semantics.InvalidArgument, "kafka: open", "tls_ca %s holds no PEM certificate", caFile)
+			return nil, fmt.Errorf("tls_ca %s holds no PEM certificate", caFile)
 		}
 		cfg.RootCAs = pool
 	}
 	if (certFile == "") != (keyFile == "") {
-		return nil, errf(semantics.InvalidArgument, "kafka: open", "tls_cert and tls_key go together")
+		return nil, errors.New("tls_cert and tls_key go together")
 	}
 	if certFile != "" {
 		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("tls_cert and tls_key: %w", err)
 		}
 		cfg.Certificates = []tls.Certificate{pair}
 	}

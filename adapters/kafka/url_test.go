@@ -42,7 +42,7 @@ func TestParseURLRejectsBadInput(t *testing.T) {
 		"kafka://h:1/?start=middle":                 "start=",
 		"kafka://h:1/?nack=drop":                    "nack=",
 		"kafka://h:1/?commit=never":                 "commit=",
-		"kafka://h:1/?partitions=0":                 "partitions=0 must be positive",
+		"kafka://h:1/?partitions=0":                 "partitions=0 is out of range",
 		"kafka://h:1/?prefetch=x":                   "not an integer",
 		"kafka://h:1/?linger=soon":                  "not a duration",
 		"kafka://h:1/?compression=brotli":           "compression=",
@@ -93,16 +93,19 @@ func TestOpenByURL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close(context.Background())
-	kb, ok := b.(*Broker)
-	if !ok {
-		t.Fatalf("Open returned %T", b)
+	var kb *Broker
+	if !b.As(&kb) {
+		t.Fatal("Open did not give a *kafka.Broker")
 	}
 	topic := newTopic(t)
+	if err := b.Declare(context.Background(), topic, "g"); err != nil {
+		t.Fatal(err)
+	}
 	pub, _ := b.NewPublisher(context.Background())
 	if err := pub.Publish(context.Background(), topic, &broker.Message{Payload: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
-	lags, err := kb.Lag(context.Background(), "nobody", topic)
+	lags, err := kb.Lag(context.Background(), topic, "nobody")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,8 +138,12 @@ func TestSASLFromURL(t *testing.T) {
 		t.Fatalf("Open with the right password: %v", err)
 	}
 	defer b.Close(ctx)
+	topic := newTopic(t)
+	if err := b.Declare(ctx, topic, "g"); err != nil {
+		t.Fatalf("Declare over SASL: %v", err)
+	}
 	pub, _ := b.NewPublisher(ctx)
-	if err := pub.Publish(ctx, newTopic(t), &broker.Message{Payload: []byte("x")}); err != nil {
+	if err := pub.Publish(ctx, topic, &broker.Message{Payload: []byte("x")}); err != nil {
 		t.Fatalf("Publish over SASL: %v", err)
 	}
 	_, err = broker.Open(ctx, "kafka://app:wrong-pw@"+addr+"/?sasl=scram-sha-256&dial_timeout=3s")
@@ -155,4 +162,127 @@ func TestManualTopicsPublishToMissingTopicIsNotFound(t *testing.T) {
 	if broker.KindOf(err) != semantics.NotFound {
 		t.Fatalf("err = %v (kind %v), want not found", err, broker.KindOf(err))
 	}
+}
+
+// TestURLParameterRanges checks every URL parameter with values in and out
+// of range: out-of-range ones (negative or zero durations where zero means
+// nothing, counts below 1 or past what Kafka carries, unknown words) are
+// InvalidArgument errors that name the parameter; a parameter added to
+// urlParams without rows here fails the test.
+func TestURLParameterRanges(t *testing.T) {
+	type row struct {
+		param string
+		good  []string
+		bad   []string
+	}
+	rows := []row{
+		{"client_id", []string{"billing-7"}, nil},
+		{"partitions", []string{"1", "12", "1048576"}, []string{"0", "-1", "x", "1048577"}},
+		{"replication", []string{"-1", "1", "3"}, []string{"0", "-2", "16385", "x"}},
+		{"create_topics", []string{"true", "false", "0"}, []string{"maybe"}},
+		{"group", []string{"billing", "a.b_c-d"}, []string{strings.Repeat("g", 1<<15)}},
+		{"start", []string{"earliest", "latest"}, []string{"middle", "EARLIEST"}},
+		{"nack", []string{"pause", "retry-topic", "retry_topic"}, []string{"drop"}},
+		{"commit", []string{"interval", "ack"}, []string{"never"}},
+		{"commit_interval", []string{"250ms", "1m"}, []string{"-1s", "0", "0s", "soon"}},
+		{"isolation", []string{"read_committed", "read_uncommitted"}, []string{"serializable"}},
+		{"drain_timeout", []string{"3s"}, []string{"-3s", "0", "x"}},
+		{"prefetch", []string{"1", "64", "2147483647"}, []string{"0", "-5", "2147483648", "x"}},
+		{"max_message_bytes", []string{"1", "2048", "1073741824"}, []string{"0", "-1", "1073741825", "x"}},
+		{"linger", []string{"0", "5ms"}, []string{"-1ms", "x"}},
+		{"compression", []string{"none", "gzip", "snappy", "lz4", "zstd"}, []string{"brotli", ""}},
+		{"session_timeout", []string{"10s", "30m"}, []string{"-10s", "0", "1000h", "x"}},
+		{"dial_timeout", []string{"2s"}, []string{"-2s", "0", "x"}},
+		{"tls", []string{"true", "false"}, []string{"yes please"}},
+		{"tls_ca", nil, []string{"/nonexistent/ca.pem"}},
+		{"tls_cert", nil, []string{"/tmp/c.pem"}}, // without tls_key
+		{"tls_key", nil, []string{"/tmp/k.pem"}},  // without tls_cert
+		{"tls_server_name", []string{"kafka.internal"}, nil},
+		{"sasl", nil, []string{"plain", "kerberos"}}, // plain without credentials
+	}
+	covered := map[string]bool{}
+	for _, r := range rows {
+		covered[r.param] = true
+		for _, v := range r.good {
+			raw := "kafka://h:9092/?" + url.Values{r.param: {v}}.Encode()
+			if _, err := ParseURL(mustParse(t, raw)); err != nil {
+				t.Errorf("%s: %v", raw, err)
+			}
+		}
+		for _, v := range r.bad {
+			raw := "kafka://h:9092/?" + url.Values{r.param: {v}}.Encode()
+			if v == "" {
+				raw = "kafka://h:9092/?" + r.param + "=" // present but empty
+			}
+			_, err := ParseURL(mustParse(t, raw))
+			if v == "" && r.param == "compression" {
+				// An empty value is the default, like an absent one.
+				if err != nil {
+					t.Errorf("%s: %v", raw, err)
+				}
+				continue
+			}
+			if err == nil {
+				t.Errorf("%.80s: accepted", raw)
+				continue
+			}
+			if broker.KindOf(err) != semantics.InvalidArgument || !strings.Contains(err.Error(), r.param) {
+				t.Errorf("%.80s: %.200v (kind %v), want an invalid argument error naming %s", raw, err, broker.KindOf(err), r.param)
+			}
+		}
+	}
+	for _, p := range urlParams {
+		if !covered[p] {
+			t.Errorf("URL parameter %s has no row in this test", p)
+		}
+	}
+	for _, raw := range []string{"kafka://h:0/", "kafka://h:65536/", "kafka://h:99999/", "kafka://a:1,b:70000/"} {
+		if _, err := ParseURL(mustParse(t, raw)); broker.KindOf(err) != semantics.InvalidArgument || !strings.Contains(err.Error(), "port") {
+			t.Errorf("%s: %v, want an invalid argument error about the port", raw, err)
+		}
+	}
+	for _, raw := range []string{"kafka://h/", "kafka://h:1/", "kafka://h:65535/", "kafka://[::1]:9092/"} {
+		if _, err := ParseURL(mustParse(t, raw)); err != nil {
+			t.Errorf("%s: %v", raw, err)
+		}
+	}
+}
+
+// TestOptionsRanges: New refuses Options that cannot work, before any I/O.
+func TestOptionsRanges(t *testing.T) {
+	for name, o := range map[string]Options{
+		"negative CommitInterval": {CommitInterval: -time.Second},
+		"negative DrainTimeout":   {DrainTimeout: -time.Second},
+		"negative Linger":         {Linger: -time.Millisecond},
+		"negative SessionTimeout": {SessionTimeout: -time.Second},
+		"negative DialTimeout":    {DialTimeout: -time.Second},
+		"negative Partitions":     {Partitions: -1},
+		"ReplicationFactor -2":    {ReplicationFactor: -2},
+		"negative Prefetch":       {Prefetch: -1},
+		"huge MaxMessageBytes":    {MaxMessageBytes: 1 << 31},
+		"unknown StartOffset":     {StartOffset: 7},
+		"unknown Nack":            {Nack: 7},
+		"port out of range":       {Brokers: []string{"h:70000"}},
+	} {
+		if o.Brokers == nil {
+			o.Brokers = []string{"127.0.0.1:1"} // never dialled
+		}
+		start := time.Now()
+		_, err := New(context.Background(), o)
+		if broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("%s: %v, want an invalid argument error", name, err)
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Errorf("%s: New took %v: it dialled before refusing", name, time.Since(start))
+		}
+	}
+}
+
+func mustParse(t *testing.T, raw string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatalf("url.Parse(%q): %v", raw, err)
+	}
+	return u
 }

@@ -4,19 +4,20 @@ import (
 	"context"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
-var _ broker.BacklogReporter = (*Broker)(nil)
+var _ driver.BacklogReporter = (*Broker)(nil)
 
-// Backlog implements broker.BacklogReporter from Depth: Pending counts the
+// Backlog implements driver.BacklogReporter from Depth: Pending counts the
 // messages ready and those waiting behind an earlier message of their key.
-func (b *Broker) Backlog(_ context.Context, topic, group string) (broker.Backlog, error) {
+func (b *Broker) Backlog(_ context.Context, topic, group string) (driver.Backlog, error) {
 	st, ok := b.Depth(topic, group)
 	if !ok {
-		return broker.Backlog{}, broker.Errorf(semantics.NotFound, "mem: backlog", "no group %q on topic %q", group, topic)
+		return driver.Backlog{}, broker.Errorf(semantics.NotFound, "mem: backlog", "no group %q on topic %q", group, topic)
 	}
-	return broker.Backlog{
+	return driver.Backlog{
 		Pending:   int64(st.Ready + st.Blocked),
 		InFlight:  int64(st.InFlight),
 		Delayed:   int64(st.Delayed),

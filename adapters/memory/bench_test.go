@@ -2,7 +2,6 @@ package memory_test
 
 import (
 	"context"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -10,14 +9,18 @@ import (
 
 	"github.com/queuekit/queuekit/adapters/memory"
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
+	"github.com/queuekit/queuekit/internal/benchmeter"
 	"github.com/queuekit/queuekit/semantics"
 )
 
 // Benchmarks follow the repository convention: Benchmark<Thing>/queuekit
 // against Benchmark<Thing>/channel, a plain buffered-channel pipeline doing
-// the same work, each reporting msgs/s and allocs/msg. One b.N iteration is
-// one message. Allocations count every goroutine of the pipeline (producer,
-// broker, consumer), read from runtime.MemStats around the timed part.
+// the same work, each reporting msgs/s, allocs/msg and cpu-ns/msg
+// (internal/benchmeter). One b.N iteration is one message. Allocations
+// count every goroutine of the pipeline (producer, broker, consumer);
+// cpu-ns/msg, the process's CPU time per message, is what a loaded
+// machine disturbs least.
 //
 //	go test -run '^$' -bench . -benchmem ./adapters/memory | go run ./internal/benchtable
 
@@ -28,33 +31,11 @@ const (
 	benchChanBuffer  = 4096
 )
 
-// meter measures msgs/s and allocs/msg over the timed part of a benchmark.
-type meter struct {
-	b      *testing.B
-	before runtime.MemStats
-}
-
-func startMeter(b *testing.B) *meter {
-	m := &meter{b: b}
-	runtime.GC()
-	runtime.ReadMemStats(&m.before)
-	b.ResetTimer()
-	return m
-}
-
-func (m *meter) stop() {
-	m.b.StopTimer()
-	var after runtime.MemStats
-	runtime.ReadMemStats(&after)
-	n := float64(m.b.N)
-	m.b.ReportMetric(n/m.b.Elapsed().Seconds(), "msgs/s")
-	m.b.ReportMetric(float64(after.Mallocs-m.before.Mallocs)/n, "allocs/msg")
-}
-
 // drain acks everything published to topic until ctx is done, the way a
 // fast consumer would, so that publishing never waits for room.
-func drain(ctx context.Context, b broker.Broker, topic string) (wait func()) {
-	sub, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic})
+func drain(ctx context.Context, b *memory.Broker, topic string) (wait func()) {
+	// The driver's own subscriber, batched: the cheapest consumer there is.
+	sub, err := b.NewSubscriber(ctx, driver.SubscriberOptions{Topic: topic, Group: "default"})
 	if err != nil {
 		panic(err)
 	}
@@ -62,8 +43,8 @@ func drain(ctx context.Context, b broker.Broker, topic string) (wait func()) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		buf := make([]broker.Delivery, 256)
-		br := sub.(broker.BatchReceiver)
+		buf := make([]driver.Delivery, 256)
+		br := sub.(driver.BatchReceiver)
 		for {
 			n, err := br.ReceiveBatch(ctx, buf)
 			if err != nil {
@@ -89,16 +70,17 @@ func BenchmarkPublish(b *testing.B) {
 		}
 		b.Run(name+"/queuekit", func(b *testing.B) {
 			ctx, cancel := context.WithCancel(context.Background())
-			br := memory.New(memory.Options{})
+			mb := memory.New(memory.Options{})
+			br := broker.New(mb)
 			defer br.Close(ctx)
-			wait := drain(ctx, br, "bench")
+			wait := drain(ctx, mb, "bench")
 			pub, _ := br.NewPublisher(ctx)
 			payload := make([]byte, benchPayload)
 			ms := make([]*broker.Message, batch)
 			for i := range ms {
 				ms[i] = &broker.Message{}
 			}
-			m := startMeter(b)
+			m := benchmeter.Start(b)
 			for sent := 0; sent < b.N; sent += batch {
 				k := min(batch, b.N-sent)
 				for _, msg := range ms[:k] {
@@ -108,7 +90,7 @@ func BenchmarkPublish(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			m.stop()
+			m.Stop(b.N)
 			cancel()
 			wait()
 		})
@@ -126,11 +108,11 @@ func BenchmarkPublish(b *testing.B) {
 				}
 			}()
 			payload := make([]byte, benchPayload)
-			m := startMeter(b)
+			m := benchmeter.Start(b)
 			for i := 0; i < b.N; i++ {
 				ch <- msg{id: uint64(i), payload: payload}
 			}
-			m.stop()
+			m.Stop(b.N)
 			close(ch)
 			wg.Wait()
 		})
@@ -162,11 +144,26 @@ func BenchmarkEndToEndPerKey(b *testing.B) {
 	b.Run("channel", benchEndToEndChannel)
 }
 
-func benchEndToEnd(b *testing.B, batch, keys int) {
+// BenchmarkEndToEndConsumeBatch is BenchmarkEndToEnd with ConsumeBatch
+// (benchConcurrency batch handlers, default MaxBatch) in place of Consume;
+// the handler counts the batch's messages and succeeds.
+func BenchmarkEndToEndConsumeBatch(b *testing.B) {
+	b.Run("queuekit", func(b *testing.B) { benchEndToEndWith(b, 1, 0, true) })
+	b.Run("channel", benchEndToEndChannel)
+}
+
+func benchEndToEnd(b *testing.B, batch, keys int) { benchEndToEndWith(b, batch, keys, false) }
+
+func benchEndToEndWith(b *testing.B, batch, keys int, consumeBatch bool) {
 	ctx := context.Background()
-	br := memory.New(memory.Options{})
+	mb := memory.New(memory.Options{})
+	br := broker.New(mb)
 	defer br.Close(ctx)
-	sub, err := br.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "bench"})
+	order := semantics.Unordered
+	if keys > 0 {
+		order = semantics.PerKey
+	}
+	sub, err := br.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "bench", Ordering: order})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -182,12 +179,19 @@ func benchEndToEnd(b *testing.B, batch, keys int) {
 		return nil
 	})
 	cctx, stop := context.WithCancel(ctx)
-	m := startMeter(b)
+	m := benchmeter.Start(b)
 	consumed := make(chan error, 1)
 	go func() {
 		opts := broker.ConsumeOptions{Concurrency: benchConcurrency}
-		if keys > 0 {
-			opts.Ordering = semantics.PerKey
+		if consumeBatch {
+			bh := broker.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) []error {
+				if handled.Add(int64(len(msgs))) == n {
+					close(all)
+				}
+				return nil
+			})
+			consumed <- broker.ConsumeBatch(cctx, sub, bh, broker.BatchOptions{ConsumeOptions: opts})
+			return
 		}
 		consumed <- broker.Consume(cctx, sub, h, opts)
 	}()
@@ -218,8 +222,8 @@ func benchEndToEnd(b *testing.B, batch, keys int) {
 	if err := <-consumed; err != nil {
 		b.Fatal(err)
 	}
-	m.stop()
-	if st, _ := br.Depth("bench", "default"); st.Depth() != 0 || st.Acked != uint64(b.N) {
+	m.Stop(b.N)
+	if st, _ := mb.Depth("bench", "default"); st.Depth() != 0 || st.Acked != uint64(b.N) {
 		b.Fatalf("not everything was acked: %+v", st)
 	}
 }
@@ -232,7 +236,7 @@ func benchEndToEndChannel(b *testing.B) {
 	ch := make(chan msg, benchChanBuffer)
 	var handled, acked atomic.Int64
 	payload := make([]byte, benchPayload)
-	m := startMeter(b)
+	m := benchmeter.Start(b)
 	var wg sync.WaitGroup
 	for range benchConcurrency {
 		wg.Add(1)
@@ -251,7 +255,7 @@ func benchEndToEndChannel(b *testing.B) {
 		close(ch)
 	}()
 	wg.Wait()
-	m.stop()
+	m.Stop(b.N)
 	if acked.Load() != int64(b.N) {
 		b.Fatalf("acked %d of %d", acked.Load(), b.N)
 	}

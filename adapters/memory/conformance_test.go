@@ -16,8 +16,13 @@ import (
 func TestConformance(t *testing.T) {
 	conformance.Run(t, conformance.Harness{
 		Name: "memory",
-		Open: func(ctx context.Context) (broker.Broker, error) {
-			return memory.New(memory.Options{}), nil
+		Open: func(ctx context.Context) (*broker.Broker, error) {
+			return broker.New(memory.New(memory.Options{})), nil
+		},
+		// A user's default: mem:// with no parameters (each Open of the
+		// unnamed broker is private to its handles).
+		Defaults: func(ctx context.Context) (*broker.Broker, error) {
+			return broker.Open(ctx, "mem://")
 		},
 		AckTimeout: 300 * time.Millisecond,
 	})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/queuekit/queuekit/adapters/memory"
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/conformance"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -19,14 +20,20 @@ import (
 
 // run starts Consume in the background; stop cancels it and returns its
 // error once it has returned.
-func run(t *testing.T, sub broker.Subscriber, h broker.HandlerFunc, opts broker.ConsumeOptions) (stop func() error) {
+func run(t *testing.T, sub *broker.Subscriber, h broker.HandlerFunc, opts broker.ConsumeOptions) (stop func() error) {
 	t.Helper()
 	if opts.OnError == nil {
 		opts.OnError = func(*broker.Message, error) {}
 	}
+	return inBackground(t, func(ctx context.Context) error { return broker.Consume(ctx, sub, h, opts) })
+}
+
+// inBackground runs consume until stop (or the end of the test) cancels
+// its ctx; stop returns consume's error once it has returned.
+func inBackground(t *testing.T, consume func(context.Context) error) (stop func() error) {
 	ctx, cancel := context.WithCancel(bg)
 	errc := make(chan error, 1)
-	go func() { errc <- broker.Consume(ctx, sub, h, opts) }()
+	go func() { errc <- consume(ctx) }()
 	var once sync.Once
 	var err error
 	stop = func() error {
@@ -67,7 +74,7 @@ func (c *countdown) Hit() {
 
 // publishN publishes n messages with ids "<prefix>-<i>" over keys keys
 // (none when keys is 0), recording them in l.
-func publishN(t *testing.T, pub broker.Publisher, topic string, n, keys int, l *semantics.Ledger) {
+func publishN(t *testing.T, pub *broker.Publisher, topic string, n, keys int, l *conformance.Ledger) {
 	t.Helper()
 	for i := range n {
 		m := &broker.Message{ID: fmt.Sprintf("m-%04d", i), Payload: []byte("x")}
@@ -84,7 +91,7 @@ func publishN(t *testing.T, pub broker.Publisher, topic string, n, keys int, l *
 func TestConsumeAtLeastOnceRetriesFailures(t *testing.T) {
 	b := newBroker(t, memory.Options{})
 	sub := newSub(t, b, broker.SubscriberOptions{Topic: "t"})
-	l := semantics.NewLedger()
+	l := conformance.NewLedger()
 	const n = 300
 	publishN(t, newPub(t, b), "t", n, 0, l)
 	done := newCountdown(n)
@@ -117,8 +124,8 @@ func TestConsumeAtLeastOnceRetriesFailures(t *testing.T) {
 
 func TestConsumeAtMostOnceNeverRedelivers(t *testing.T) {
 	b := newBroker(t, memory.Options{})
-	sub := newSub(t, b, broker.SubscriberOptions{Topic: "t"})
-	l := semantics.NewLedger()
+	sub := newSub(t, b, broker.SubscriberOptions{Topic: "t", Guarantee: semantics.AtMostOnce})
+	l := conformance.NewLedger()
 	const n = 200
 	publishN(t, newPub(t, b), "t", n, 0, l)
 	done := newCountdown(n)
@@ -137,7 +144,7 @@ func TestConsumeAtMostOnceNeverRedelivers(t *testing.T) {
 		}
 		l.Handled(m.ID)
 		return nil
-	}, broker.ConsumeOptions{Concurrency: 4, Guarantee: semantics.AtMostOnce})
+	}, broker.ConsumeOptions{Concurrency: 4})
 	waitFor(t, done.Done, "every message delivered")
 	// The broker holds nothing: a redelivery could only come from a
 	// message still held.
@@ -160,11 +167,11 @@ func TestConsumeAtMostOnceNeverRedelivers(t *testing.T) {
 func TestConsumePerKeyOrderingUnderFailures(t *testing.T) {
 	b := newBroker(t, memory.Options{})
 	// Two competing subscribers, each with 8 handlers.
-	subs := []broker.Subscriber{
+	subs := []*broker.Subscriber{
 		newSub(t, b, broker.SubscriberOptions{Topic: "t", Ordering: semantics.PerKey}),
 		newSub(t, b, broker.SubscriberOptions{Topic: "t", Ordering: semantics.PerKey}),
 	}
-	l := semantics.NewLedger()
+	l := conformance.NewLedger()
 	const n, keys = 2000, 40
 	publishN(t, newPub(t, b), "t", n, keys, l)
 	done := newCountdown(n)
@@ -182,7 +189,7 @@ func TestConsumePerKeyOrderingUnderFailures(t *testing.T) {
 		return nil
 	}
 	for _, s := range subs {
-		run(t, s, h, broker.ConsumeOptions{Concurrency: 8, Ordering: semantics.PerKey})
+		run(t, s, h, broker.ConsumeOptions{Concurrency: 8})
 	}
 	waitFor(t, done.Done, "every message handled")
 	if r := l.Report(); !r.OK() || r.Handled != n {
@@ -276,20 +283,20 @@ type memStore struct {
 	leases map[string]time.Time
 }
 
-func (s *memStore) Claim(ctx context.Context, key string, lease time.Duration) (broker.ClaimResult, error) {
+func (s *memStore) Claim(ctx context.Context, key string, lease time.Duration) (broker.ClaimResult, string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.done[key] {
-		return broker.AlreadyDone, nil
+		return broker.AlreadyDone, "", nil
 	}
 	if until, ok := s.leases[key]; ok && time.Now().Before(until) {
-		return broker.InFlight, nil
+		return broker.InFlight, "", nil
 	}
 	s.leases[key] = time.Now().Add(lease)
-	return broker.Claimed, nil
+	return broker.Claimed, key, nil // this minimal store does not check tokens
 }
 
-func (s *memStore) Complete(ctx context.Context, key string) error {
+func (s *memStore) Complete(ctx context.Context, key, _ string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.done[key] = true
@@ -297,7 +304,7 @@ func (s *memStore) Complete(ctx context.Context, key string) error {
 	return nil
 }
 
-func (s *memStore) Release(ctx context.Context, key string) error {
+func (s *memStore) Release(ctx context.Context, key, _ string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.leases, key)
@@ -306,9 +313,9 @@ func (s *memStore) Release(ctx context.Context, key string) error {
 
 func TestConsumeEffectivelyOnce(t *testing.T) {
 	b := newBroker(t, memory.Options{})
-	sub := newSub(t, b, broker.SubscriberOptions{Topic: "t"})
+	sub := newSub(t, b, broker.SubscriberOptions{Topic: "t", Guarantee: semantics.EffectivelyOnce})
 	pub := newPub(t, b)
-	l := semantics.NewLedger()
+	l := conformance.NewLedger()
 	const n = 100
 	publishN(t, pub, "t", n, 0, l)
 	publishN(t, pub, "t", n, 0, nil) // every message published twice on purpose
@@ -325,7 +332,6 @@ func TestConsumeEffectivelyOnce(t *testing.T) {
 		return nil
 	}, broker.ConsumeOptions{
 		Concurrency: 4,
-		Guarantee:   semantics.EffectivelyOnce,
 		Idempotency: store,
 		IdempotencyOptions: broker.IdempotencyOptions{
 			InFlightDelay: time.Millisecond,

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -70,7 +71,7 @@ func (c *core) deadLetter(name string, msgs []*broker.Message) {
 	for _, g := range *t.targets.Load() {
 		ents := make([]entry, len(msgs))
 		for i, m := range msgs {
-			ents[i].init(m, g)
+			ents[i].init(m, m.Payload, m.Headers, g)
 		}
 		g.lock()
 		if !g.closed {
@@ -98,26 +99,41 @@ type topic struct {
 	orphan *group // holds messages until the first group adopts them
 }
 
-func (t *topic) subscribe(b *Broker, opts broker.SubscriberOptions) (*subscriber, error) {
+// group returns the group called name, creating it: the first group adopts
+// what was published to the topic before it (dead letters), the others start
+// empty.
+func (t *topic) group(name string) *group {
 	t.mu.Lock()
-	g := t.byName[opts.Group]
+	defer t.mu.Unlock()
+	g := t.byName[name]
 	if g == nil {
 		if t.orphan != nil {
 			g, t.orphan = t.orphan, nil
 			g.lock()
-			g.name = opts.Group
+			g.name = name
 			g.unlock()
 		} else {
 			old := *t.targets.Load()
 			gs := make([]*group, len(old), len(old)+1)
 			copy(gs, old)
-			g = newGroup(t, opts.Group, t.c.buffer)
+			g = newGroup(t, name, t.c.buffer)
 			gs = append(gs, g)
 			t.targets.Store(&gs)
 		}
-		t.byName[opts.Group] = g
+		t.byName[name] = g
 	}
-	t.mu.Unlock()
+	return g
+}
+
+// hasGroup reports whether a group was declared on t.
+func (t *topic) hasGroup() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byName) > 0
+}
+
+func (t *topic) subscribe(b *Broker, opts driver.SubscriberOptions) (*subscriber, error) {
+	g := t.group(opts.Group)
 
 	s := &subscriber{
 		b:           b,

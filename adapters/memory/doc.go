@@ -57,6 +57,17 @@
 //
 // Redeliveries go to the front of the group's queue.
 //
+// # Scheduled delivery
+//
+// A message published with Message.DeliverAt in the future is held in each
+// group (counted as Delayed, and against Buffer) and joins the back of the
+// group's queue when it is due, on a timer of the monotonic clock: never
+// before DeliverAt, and late only by the timer's wake-up and the messages
+// ready before it (no cap on the delay). It leaves its key's publish order:
+// it takes its place among the key's messages when it is due, and holds
+// none of them back meanwhile; messages due at the same time join in
+// publish order. A delivered message's DeliverAt is zero.
+//
 // # Per-key ordering
 //
 // A group hands out the messages of one key (Message.Key) one at a time,
@@ -83,13 +94,16 @@
 //
 // Publish copies each message, its payload and its headers, so the caller
 // may reuse the Message, its buffers and its maps as soon as Publish returns.
-// (Small payloads are copied into shared 8 KiB chunks rather than one
-// allocation each.) A delivered Message belongs to the broker: its Payload
-// and Headers are shared by every delivery of the message and a redelivery
-// is copied from the first delivery, so handlers must treat it as read-only
-// and Clone it to change it. Messages larger than MaxMessageSize (default
-// 10 MiB, as measured by Message.Size) fail Publish with broker.ErrTooLarge
-// before anything is published.
+// (A message costs one allocation, besides its ID and its headers' copy: a
+// small payload goes into that allocation when the message is published
+// alone to one group, else into a shared 8 KiB chunk, which stays in memory
+// while any message copied into it is referenced.) A delivered Message
+// belongs to the broker: its Payload and Headers are shared by every
+// delivery of the message and a redelivery is copied from the first
+// delivery, so handlers must treat it as read-only and Clone it to change
+// it. Messages larger than MaxMessageSize (default 10 MiB, as measured by
+// Message.Size) fail Publish with broker.ErrTooLarge before anything is
+// published.
 //
 // # Close
 //

@@ -49,7 +49,7 @@ func Example() {
 // until it succeeds or, with MaxAttempts, goes to the dead-letter topic.
 func ExampleNew() {
 	ctx := context.Background()
-	b := memory.New(memory.Options{AckTimeout: 5 * time.Second})
+	b := broker.New(memory.New(memory.Options{AckTimeout: 5 * time.Second}))
 	defer b.Close(ctx)
 	sub, _ := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "jobs", MaxAttempts: 2})
 	dlq, _ := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "jobs.dlq"})
@@ -77,7 +77,8 @@ func ExampleNew() {
 // Depth reports what a group holds, for metrics and lag.
 func ExampleBroker_Depth() {
 	ctx := context.Background()
-	b := memory.New(memory.Options{})
+	mb := memory.New(memory.Options{})
+	b := broker.New(mb)
 	defer b.Close(ctx)
 	sub, _ := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "t", Group: "g"})
 	pub, _ := b.NewPublisher(ctx)
@@ -88,7 +89,7 @@ func ExampleBroker_Depth() {
 	d.Nack(ctx, time.Minute)
 	d, _ = sub.Receive(ctx)
 
-	st, _ := b.Depth("t", "g")
+	st, _ := mb.Depth("t", "g")
 	fmt.Printf("ready %d, in flight %d, delayed %d, depth %d\n", st.Ready, st.InFlight, st.Delayed, st.Depth())
 	// Output:
 	// ready 1, in flight 1, delayed 1, depth 3

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 )
 
 // entry is one message in one group, from publish to ack or dead letter.
@@ -20,25 +21,37 @@ type entry struct {
 	first    delivery
 	key      string // the message's key, kept apart from what handlers see
 	g        *group
-	attempts int    // deliveries so far; guarded by g.mu
-	due      int64  // when a delayed redelivery is due; guarded by g.mu
+	attempts int32  // deliveries so far; guarded by g.mu
+	owns     bool   // e owns its key in g.keys, from then until it is removed; guarded by g.mu
+	due      int64  // when a delayed redelivery, or a scheduled first delivery, is due (nanotime); 0: not scheduled
+	seq      uint64 // order of entries with the same due in the delayed heap; guarded by g.mu
 	next     *entry // next entry waiting for the same key; guarded by g.mu
+	khash    uint64 // key's hash in the group's keyTable, once computed; guarded by g.mu
 }
 
-// init makes e the copy of m (whose payload and headers are copied already)
-// in group g.
-func (e *entry) init(m *broker.Message, g *group) {
-	e.first.msg = *m
-	e.first.msg.Topic, e.first.msg.Attempt = g.t.name, 1
+// init makes e the copy of m in group g, with payload and headers (m's own
+// copied, or shared where they may be). DeliverAt is not delivered (see
+// broker.Message.DeliverAt).
+//
+// It copies field by field: e is fresh (zero), and a whole-struct copy is a
+// bulk write barrier over every word of the Message while the garbage
+// collector runs, which is much of the time at millions of messages a
+// second. TestDeliveriesCarryEveryField fails when Message gains a field
+// that this does not carry.
+func (e *entry) init(m *broker.Message, payload []byte, headers map[string]string, g *group) {
+	c := &e.first.msg
+	c.ID, c.Key, c.Payload, c.Headers = m.ID, m.Key, payload, headers
+	c.Topic, c.Attempt = g.t.name, 1
+	c.PublishedAt = m.PublishedAt
 	e.key = m.Key
 	e.g = g
 }
 
-// delivery is one delivery of an entry; it implements broker.Delivery.
+// delivery is one delivery of an entry; it implements driver.Delivery.
 type delivery struct {
 	msg    broker.Message
 	e      *entry
-	settle broker.Settlement
+	settle driver.Settlement
 	// state is stInflight from delivery until Ack (stAcked) or until the
 	// group takes the delivery back (stGone: nacked, expired, released),
 	// whichever comes first.
@@ -46,9 +59,8 @@ type delivery struct {
 	ackNext *delivery // in the group's stack of acks to process
 
 	// guarded by e.g.mu
-	linked     bool // in sub's in-flight list
-	sub        *subscriber
-	prev, next *delivery // in sub's in-flight list, deadline order
+	sub        *subscriber // in sub's in-flight list; nil when not in flight
+	prev, next *delivery   // in sub's in-flight list, deadline order
 	deadline   int64
 }
 
@@ -101,13 +113,6 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	return d.e.g.nack(d, delay)
 }
 
-// keyState tracks one key of a group: owner is the only message of the key
-// that may be delivered; head..tail wait behind it in publish order.
-type keyState struct {
-	owner      *entry
-	head, tail *entry
-}
-
 // group is one consumer group of a topic: a queue of entries with in-flight
 // tracking. Everything is guarded by mu.
 type group struct {
@@ -120,11 +125,12 @@ type group struct {
 	isClosed atomic.Bool              // closed, for Ack without the lock
 	closed   bool
 	ready    ring
-	keys     map[string]keyState
+	keys     keyTable
 	blocked  int // entries waiting behind their key's owner
 	inflight int
-	delayed  dheap
-	count    int // entries held (all states) plus room reserved by publishers
+	delayed  dheap  // nacked with a delay, or scheduled, until due
+	seq      uint64 // next entry.seq
+	count    int    // entries held (all states) plus room reserved by publishers
 	subs     []*subscriber
 
 	waiters int           // receivers waiting for ready entries
@@ -145,7 +151,7 @@ func newGroup(t *topic, name string, capacity int) *group {
 		t:      t,
 		name:   name,
 		cap:    capacity,
-		keys:   make(map[string]keyState),
+		keys:   newKeyTable(),
 		signal: make(chan struct{}, 1),
 		room:   make(chan struct{}, 1),
 		wakeAt: capacity - max(1, capacity/16),
@@ -176,18 +182,20 @@ func (g *group) wakePublisherLocked() {
 }
 
 // popLocked moves up to len(buf) ready entries in flight to s.
-func (g *group) popLocked(s *subscriber, buf []broker.Delivery, now int64) int {
+func (g *group) popLocked(s *subscriber, buf []driver.Delivery, now int64) int {
 	n := 0
 	for n < len(buf) && g.ready.n > 0 {
 		if s.prefetch > 0 && s.n >= s.prefetch {
 			break
 		}
 		e := g.ready.popFront()
-		if key := e.key; key != "" {
-			ks, held := g.keys[key]
-			if !held {
-				g.keys[key] = keyState{owner: e}
-			} else if ks.owner != e {
+		// An owner (a redelivery, or the next of its key let go by
+		// removeLocked) goes without a probe.
+		if e.key != "" && !e.owns {
+			i, held := g.keys.find(e.key, hashOf(e))
+			if ks := &g.keys.slots[i]; !held {
+				g.keys.add(i, e)
+			} else {
 				e.next = nil
 				if ks.tail == nil {
 					ks.head = e
@@ -195,7 +203,6 @@ func (g *group) popLocked(s *subscriber, buf []broker.Delivery, now int64) int {
 					ks.tail.next = e
 				}
 				ks.tail = e
-				g.keys[key] = ks
 				g.blocked++
 				continue
 			}
@@ -214,10 +221,9 @@ func (g *group) deliverLocked(e *entry, s *subscriber, now int64) *delivery {
 		g.redelivered++
 	}
 	d.e = e
-	d.msg.Attempt = e.attempts
+	d.msg.Attempt = int(e.attempts)
 	d.sub = s
 	d.deadline = now + s.ackTimeout
-	d.linked = true
 	d.state.Store(stInflight)
 	// Append to s's in-flight list: deadlines only grow within it.
 	d.next = nil
@@ -250,7 +256,6 @@ func (g *group) unlinkLocked(d *delivery) {
 		d.next.prev = d.prev
 	}
 	d.prev, d.next, d.sub = nil, nil, nil
-	d.linked = false
 	s.n--
 	g.inflight--
 	if s.creditWait && s.n < s.prefetch {
@@ -266,21 +271,21 @@ func (g *group) unlinkLocked(d *delivery) {
 // of its key go.
 func (g *group) removeLocked(e *entry) {
 	g.count--
-	if key := e.key; key != "" {
-		ks := g.keys[key]
-		if nxt := ks.head; nxt != nil {
+	if e.key != "" {
+		i, _ := g.keys.find(e.key, e.khash) // e holds its key: it was delivered
+		if ks := &g.keys.slots[i]; ks.head != nil {
+			nxt := ks.head
 			ks.head = nxt.next
 			if ks.head == nil {
 				ks.tail = nil
 			}
 			nxt.next = nil
-			ks.owner = nxt
-			g.keys[key] = ks
+			ks.owner, nxt.owns = nxt, true
 			g.blocked--
 			g.ready.pushFront(nxt)
 			g.wakeReceiverLocked()
 		} else {
-			delete(g.keys, key)
+			g.keys.remove(i)
 		}
 	}
 	g.freedLocked()
@@ -319,7 +324,7 @@ func (g *group) drainAcksLocked() {
 // done already (d is processed both from the stack and by whoever found it
 // acked).
 func (g *group) ackedLocked(d *delivery) {
-	if !d.linked || g.closed {
+	if d.sub == nil || g.closed {
 		return
 	}
 	g.unlinkLocked(d)
@@ -346,13 +351,13 @@ func (g *group) nack(d *delivery, delay time.Duration) error {
 		return broker.ErrClosed
 	}
 	s, e := d.sub, d.e
-	if !d.linked || !g.takeBackLocked(d) {
+	if d.sub == nil || !g.takeBackLocked(d) {
 		g.unlock() // expired or released: it is redelivered anyway
 		return nil
 	}
 	var dead []*broker.Message
 	switch {
-	case s.maxAttempts > 0 && e.attempts >= s.maxAttempts:
+	case s.maxAttempts > 0 && int(e.attempts) >= s.maxAttempts:
 		dead = append(dead, g.deadLocked(e, "nacked", s.maxAttempts))
 	case delay <= 0:
 		g.ready.pushFront(e)
@@ -360,10 +365,7 @@ func (g *group) nack(d *delivery, delay time.Duration) error {
 	default:
 		now := nanotime()
 		e.due = now + int64(delay)
-		g.delayed.push(e)
-		if g.timerAt == 0 || e.due < g.timerAt {
-			g.armLocked(e.due, now)
-		}
+		g.holdLocked(e, now)
 	}
 	g.unlock()
 	if dead != nil {
@@ -381,12 +383,22 @@ func (g *group) deadLocked(e *entry, why string, maxAttempts int) *broker.Messag
 	for k, v := range m.Headers {
 		h[k] = v
 	}
-	h[broker.HeaderDeadReason] = why + " on attempt " + strconv.Itoa(e.attempts) + " (MaxAttempts " + strconv.Itoa(maxAttempts) + ")"
-	h[broker.HeaderDeadAttempts] = strconv.Itoa(e.attempts)
+	h[broker.HeaderDeadReason] = why + " on attempt " + strconv.Itoa(int(e.attempts)) + " (MaxAttempts " + strconv.Itoa(maxAttempts) + ")"
+	h[broker.HeaderDeadAttempts] = strconv.Itoa(int(e.attempts))
 	h[broker.HeaderOriginalTopic] = g.t.name
 	m.Headers = h
 	m.Topic, m.Attempt = "", 0
 	return &m
+}
+
+// holdLocked keeps e, whose due is set, in the delayed heap until then.
+func (g *group) holdLocked(e *entry, now int64) {
+	e.seq = g.seq
+	g.seq++
+	g.delayed.push(e)
+	if g.timerAt == 0 || e.due < g.timerAt {
+		g.armLocked(e.due, now)
+	}
 }
 
 // armLocked sets the timer to fire at when (nanotime).
@@ -420,7 +432,7 @@ func (g *group) onTimer() {
 			if !g.takeBackLocked(d) {
 				continue // acked just now
 			}
-			if s.maxAttempts > 0 && e.attempts >= s.maxAttempts {
+			if s.maxAttempts > 0 && int(e.attempts) >= s.maxAttempts {
 				dead = append(dead, g.deadLocked(e, "ack timeout passed", s.maxAttempts))
 				dlqs = append(dlqs, s.dlq)
 				continue
@@ -433,7 +445,15 @@ func (g *group) onTimer() {
 		}
 	}
 	for g.delayed.len() > 0 && g.delayed.min().due <= now {
-		g.ready.pushFront(g.delayed.pop())
+		e := g.delayed.pop()
+		if e.attempts == 0 {
+			// Scheduled, never delivered: it joins the queue as a new
+			// message would, behind what is ready (a redelivery goes to
+			// the front).
+			g.ready.pushBack(e)
+		} else {
+			g.ready.pushFront(e)
+		}
 		woke = true
 	}
 	if g.delayed.len() > 0 && (next == 0 || g.delayed.min().due < next) {
@@ -467,7 +487,7 @@ func (g *group) close() {
 
 // ---- receiving ----
 
-func (g *group) receive(ctx context.Context, s *subscriber, buf []broker.Delivery) (int, error) {
+func (g *group) receive(ctx context.Context, s *subscriber, buf []driver.Delivery) (int, error) {
 	g.lock()
 	for {
 		if s.closed || g.closed {
@@ -585,8 +605,19 @@ func (g *group) insertLocked(ents []entry) bool {
 	if g.closed {
 		return false
 	}
+	var now int64
 	for i := range ents {
-		g.ready.pushBack(&ents[i])
+		e := &ents[i]
+		if e.due != 0 { // scheduled (see publisher.Publish)
+			if now == 0 {
+				now = nanotime()
+			}
+			if e.due > now {
+				g.holdLocked(e, now)
+				continue
+			}
+		}
+		g.ready.pushBack(e)
 	}
 	g.published += uint64(len(ents))
 	g.wakeReceiverLocked()
@@ -635,8 +666,14 @@ func (r *ring) popFront() *entry {
 	return e
 }
 
-// dheap is a min-heap of delayed entries by due time.
+// dheap is a min-heap of delayed entries by due time, then by the order
+// they were delayed in (seq), so that messages of one key scheduled for the
+// same time become ready in publish order.
 type dheap []*entry
+
+func (e *entry) before(o *entry) bool {
+	return e.due < o.due || e.due == o.due && e.seq < o.seq
+}
 
 func (h dheap) len() int    { return len(h) }
 func (h dheap) min() *entry { return h[0] }
@@ -645,7 +682,7 @@ func (h *dheap) push(e *entry) {
 	a := *h
 	for i := len(a) - 1; i > 0; {
 		p := (i - 1) / 2
-		if a[p].due <= a[i].due {
+		if !a[i].before(a[p]) {
 			break
 		}
 		a[p], a[i] = a[i], a[p]
@@ -662,10 +699,10 @@ func (h *dheap) pop() *entry {
 	a = a[:last]
 	for i := 0; ; {
 		l, r, m := 2*i+1, 2*i+2, i
-		if l < len(a) && a[l].due < a[m].due {
+		if l < len(a) && a[l].before(a[m]) {
 			m = l
 		}
-		if r < len(a) && a[r].due < a[m].due {
+		if r < len(a) && a[r].before(a[m]) {
 			m = r
 		}
 		if m == i {

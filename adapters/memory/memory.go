@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -49,7 +50,7 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Broker is a handle on an in-process broker. It implements broker.Broker
+// Broker is a handle on an in-process broker. It implements driver.Broker
 // and adds Stats and Depth. It is safe for concurrent use.
 type Broker struct {
 	c          *core
@@ -64,7 +65,11 @@ type Broker struct {
 	subs   map[*subscriber]struct{}
 }
 
-var _ broker.Broker = (*Broker)(nil)
+var (
+	_ driver.Broker       = (*Broker)(nil)
+	_ driver.Declarer     = (*Broker)(nil)
+	_ driver.GroupChecker = (*Broker)(nil)
+)
 
 // New returns a private in-process broker.
 func New(opts Options) *Broker {
@@ -87,20 +92,21 @@ func newHandle(c *core, opts Options) *Broker {
 // Capabilities claims everything the conformance suite checks.
 func (b *Broker) Capabilities() semantics.Capabilities {
 	return semantics.Capabilities{
-		ConsumerGroups:   true,
-		FanOut:           true,
-		PerKeyOrdering:   true,
-		CrashRedelivery:  true,
-		DelayedNack:      true,
-		AttemptCount:     true,
-		DeadLetter:       true,
-		NativeDeadLetter: true,
-		MaxMessageSize:   b.maxSize,
+		ConsumerGroups:    true,
+		FanOut:            true,
+		PerKeyOrdering:    true,
+		CrashRedelivery:   true,
+		DelayedNack:       true,
+		AttemptCount:      true,
+		DeadLetter:        true,
+		NativeDeadLetter:  true,
+		MaxMessageSize:    b.maxSize,
+		ScheduledDelivery: true,
 	}
 }
 
 // NewPublisher returns a publisher to any topic of the broker.
-func (b *Broker) NewPublisher(ctx context.Context) (broker.Publisher, error) {
+func (b *Broker) NewPublisher(ctx context.Context) (driver.Publisher, error) {
 	p := &publisher{b: b, done: make(chan struct{})}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -112,13 +118,8 @@ func (b *Broker) NewPublisher(ctx context.Context) (broker.Publisher, error) {
 }
 
 // NewSubscriber joins group opts.Group of opts.Topic, creating both if
-// needed. The subscriber implements broker.BatchReceiver.
-func (b *Broker) NewSubscriber(ctx context.Context, opts broker.SubscriberOptions) (broker.Subscriber, error) {
-	const op = "mem: subscribe"
-	if err := opts.Validate(op); err != nil {
-		return nil, err
-	}
-	opts = opts.WithDefaults()
+// needed. The subscriber implements driver.BatchReceiver.
+func (b *Broker) NewSubscriber(ctx context.Context, opts driver.SubscriberOptions) (driver.Subscriber, error) {
 	if opts.AckTimeout == 0 {
 		opts.AckTimeout = b.ackTimeout
 	}
@@ -137,6 +138,29 @@ func (b *Broker) NewSubscriber(ctx context.Context, opts broker.SubscriberOption
 	}
 	b.subs[s] = struct{}{}
 	return s, nil
+}
+
+// Declare creates topic and its groups. The first group of a topic adopts
+// what reached the topic before any group existed (only dead letters can:
+// Publish refuses a topic without a group).
+func (b *Broker) Declare(ctx context.Context, topic string, groups []string) error {
+	t, err := b.c.topic(topic)
+	if err != nil {
+		return err
+	}
+	for _, g := range groups {
+		t.group(g)
+	}
+	return nil
+}
+
+// HasGroup reports whether a group was declared on topic.
+func (b *Broker) HasGroup(ctx context.Context, topic string) (bool, error) {
+	t, err := b.c.topic(topic)
+	if err != nil {
+		return false, err
+	}
+	return t.hasGroup(), nil
 }
 
 // Close closes the publishers and subscribers made by b (a waiting Publish
@@ -184,7 +208,7 @@ var (
 )
 
 func init() {
-	broker.Register("mem", broker.DriverFunc(openURL))
+	driver.Register("mem", driver.OpenerFunc(openURL))
 }
 
 // Open opens mem://NAME?params; see the package documentation for the
@@ -197,7 +221,7 @@ func Open(ctx context.Context, rawURL string) (*Broker, error) {
 	return openParsed(u)
 }
 
-func openURL(ctx context.Context, u *url.URL) (broker.Broker, error) {
+func openURL(ctx context.Context, u *url.URL) (driver.Broker, error) {
 	b, err := openParsed(u)
 	if err != nil {
 		return nil, err
@@ -210,7 +234,7 @@ func openParsed(u *url.URL) (*Broker, error) {
 	if u.Opaque != "" || (u.Path != "" && u.Path != "/") || u.User != nil {
 		return nil, broker.Errorf(semantics.InvalidArgument, op, "a mem:// URL is mem://NAME?params, got %s", u.Redacted())
 	}
-	p := broker.NewParams("mem", u, "ack_timeout", "buffer", "max_size")
+	p := driver.NewParams("mem", u, "ack_timeout", "buffer", "max_size")
 	opts := Options{
 		AckTimeout:     p.Duration("ack_timeout", DefaultAckTimeout),
 		Buffer:         p.Int("buffer", DefaultBuffer),

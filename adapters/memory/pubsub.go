@@ -5,12 +5,14 @@ import (
 	"maps"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
-// publisher implements broker.Publisher.
+// publisher implements driver.Publisher.
 type publisher struct {
 	b      *Broker
 	closed atomic.Bool
@@ -31,8 +33,10 @@ func (p *publisher) Publish(ctx context.Context, topicName string, msgs ...*brok
 	if len(msgs) == 0 {
 		return nil
 	}
-	if err := broker.Prepare(op, msgs, p.b.maxSize); err != nil {
-		return err
+	if !prepared(msgs, p.b.maxSize) { // package broker prepares them; a direct caller may not
+		if err := driver.Prepare(op, msgs, p.b.maxSize); err != nil {
+			return err
+		}
 	}
 	t := p.last.Load()
 	if t == nil || t.name != topicName {
@@ -46,19 +50,66 @@ func (p *publisher) Publish(ctx context.Context, topicName string, msgs ...*brok
 	n, G := len(msgs), len(targets)
 
 	// Copy: one allocation for the entries of every group, and one per
-	// message with headers; small payloads share chunks (see copyPayload).
-	ents := make([]entry, n*G)
+	// message with headers; the small payloads (up to chunkedMax bytes) of
+	// a call with several messages share one allocation, and those of
+	// single messages share chunks (see copyPayload) or the allocation of
+	// the entry of a message published alone to one group. A message with DeliverAt in the future gets its due time
+	// (nanotime): DeliverAt less epoch, on the monotonic clock where
+	// DeliverAt has a reading of it, so it is never held shorter than asked.
+	var ents []entry
+	var inline []byte // room for msgs[0]'s payload in its entry's allocation
+	var shared []byte // room for the small payloads of several messages
+	if n*G == 1 {
+		ents, inline = entryWithRoom(len(msgs[0].Payload))
+	} else {
+		ents = make([]entry, n*G)
+		if n > 1 {
+			size := 0
+			for _, m := range msgs {
+				if len(m.Payload) <= chunkedMax {
+					size += len(m.Payload)
+				}
+			}
+			if size > 0 {
+				shared = make([]byte, 0, size)
+			}
+		}
+	}
+	var now time.Time
 	for i, m := range msgs {
 		e := &ents[i]
-		e.init(m, targets[0])
-		if len(m.Payload) > 0 {
-			e.first.msg.Payload = copyPayload(m.Payload)
+		payload, headers := m.Payload, m.Headers
+		switch {
+		case len(payload) == 0:
+		case inline != nil:
+			payload = inline[:copy(inline, payload)]
+		case len(payload) <= chunkedMax && shared != nil:
+			// Capacity ends with the copy: a receiver's append cannot
+			// touch the next one.
+			start := len(shared)
+			shared = append(shared, payload...)
+			payload = shared[start:len(shared):len(shared)]
+		default:
+			payload = copyPayload(payload)
 		}
-		if m.Headers != nil {
-			e.first.msg.Headers = maps.Clone(m.Headers)
+		if headers != nil {
+			headers = maps.Clone(headers)
+		}
+		e.init(m, payload, headers, targets[0])
+		if e.key != "" {
+			e.khash = keyHash(e.key) // here, not under a group's lock
+		}
+		if !m.DeliverAt.IsZero() {
+			if now.IsZero() {
+				now = time.Now()
+			}
+			if d := m.DeliverAt.Sub(now); d > 0 {
+				e.due = int64(now.Sub(epoch) + d)
+			}
 		}
 		for gi := 1; gi < G; gi++ {
-			ents[gi*n+i].init(&e.first.msg, targets[gi])
+			ents[gi*n+i].init(&e.first.msg, payload, headers, targets[gi])
+			ents[gi*n+i].due, ents[gi*n+i].khash = e.due, e.khash
 		}
 	}
 
@@ -75,7 +126,7 @@ func (p *publisher) Publish(ctx context.Context, topicName string, msgs ...*brok
 	}
 
 	var resBuf [4]int
-	res := resBuf[:0]
+	var res []int
 	if G <= len(resBuf) {
 		res = resBuf[:G]
 	} else {
@@ -105,6 +156,52 @@ func (p *publisher) Publish(ctx context.Context, topicName string, msgs ...*brok
 		done += chunk
 	}
 	return nil
+}
+
+// prepared reports whether msgs are ready to publish as driver.Prepare
+// would leave them, without reading the clock.
+func prepared(msgs []*broker.Message, maxSize int) bool {
+	for _, m := range msgs {
+		if m == nil || m.ID == "" || m.PublishedAt.IsZero() || maxSize > 0 && m.Size() > maxSize {
+			return false
+		}
+	}
+	return true
+}
+
+// entryWithRoom returns one entry allocated together with room for a
+// payload of size bytes (whose capacity ends with it), when size fits one
+// of the sizes below; else the room is nil. Either way the message costs
+// one allocation of a size class that it fills.
+func entryWithRoom(size int) ([]entry, []byte) {
+	switch {
+	case size == 0 || size > 256:
+		return make([]entry, 1), nil
+	case size <= 32:
+		x := new(struct {
+			e    [1]entry
+			room [32]byte
+		})
+		return x.e[:], x.room[:size:size]
+	case size <= 64:
+		x := new(struct {
+			e    [1]entry
+			room [64]byte
+		})
+		return x.e[:], x.room[:size:size]
+	case size <= 128:
+		x := new(struct {
+			e    [1]entry
+			room [128]byte
+		})
+		return x.e[:], x.room[:size:size]
+	default:
+		x := new(struct {
+			e    [1]entry
+			room [256]byte
+		})
+		return x.e[:], x.room[:size:size]
+	}
 }
 
 // Payloads up to chunkedMax bytes are copied into shared chunks of chunkSize
@@ -167,7 +264,7 @@ func (p *publisher) close() {
 	}
 }
 
-// subscriber implements broker.Subscriber and broker.BatchReceiver.
+// subscriber implements driver.Subscriber and driver.BatchReceiver.
 type subscriber struct {
 	b           *Broker
 	g           *group
@@ -187,13 +284,13 @@ type subscriber struct {
 }
 
 var (
-	_ broker.Subscriber    = (*subscriber)(nil)
-	_ broker.BatchReceiver = (*subscriber)(nil)
+	_ driver.Subscriber    = (*subscriber)(nil)
+	_ driver.BatchReceiver = (*subscriber)(nil)
 )
 
 // Receive waits for one delivery.
-func (s *subscriber) Receive(ctx context.Context) (broker.Delivery, error) {
-	var buf [1]broker.Delivery
+func (s *subscriber) Receive(ctx context.Context) (driver.Delivery, error) {
+	var buf [1]driver.Delivery
 	if _, err := s.g.receive(ctx, s, buf[:]); err != nil {
 		return nil, err
 	}
@@ -201,7 +298,7 @@ func (s *subscriber) Receive(ctx context.Context) (broker.Delivery, error) {
 }
 
 // ReceiveBatch waits for at least one delivery and returns up to len(buf).
-func (s *subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (int, error) {
+func (s *subscriber) ReceiveBatch(ctx context.Context, buf []driver.Delivery) (int, error) {
 	if len(buf) == 0 {
 		return 0, broker.Errorf(semantics.InvalidArgument, "mem: receive", "empty buffer")
 	}

@@ -16,7 +16,8 @@ type GroupStats struct {
 	Blocked int
 	// InFlight messages were delivered and are not settled yet.
 	InFlight int
-	// Delayed messages were nacked with a delay that has not passed.
+	// Delayed messages were nacked with a delay that has not passed, or
+	// published with a DeliverAt that has not come.
 	Delayed int
 	// Counters since the group was created.
 	Published, Acked, Redelivered, DeadLettered uint64

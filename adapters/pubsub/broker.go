@@ -4,28 +4,20 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"net/url"
-	"os"
+	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	ps "cloud.google.com/go/pubsub/v2"
-	pb "cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
-// Scheme is the URL scheme this adapter registers: gcppubsub://PROJECT?params.
-const Scheme = "gcppubsub"
-
-// MaxMessageSize is the largest message (broker.Message.Size: payload, key,
+// MaxMessageSize is the largest message (Message.Size: payload, key,
 // ID and headers) that Publish accepts. Pub/Sub takes 10 MB (10,000,000
 // bytes) per publish request; 4 KiB of it is kept for what the adapter adds
 // (the ID and publish-time attributes, the topic name and protobuf framing).
@@ -50,9 +42,16 @@ const (
 	DefaultMaxOutstandingMessages = 1000
 	// DefaultDialTimeout bounds Open's reachability check.
 	DefaultDialTimeout = 10 * time.Second
+	// DefaultBatchDelay is how long the publisher holds a batch that is
+	// not full (DelayThreshold), 1ms rather than the SDK's 10ms: Publish
+	// waits for its messages' results, so the delay is added to every
+	// Publish of fewer than BatchCount messages (10ms made a caller that
+	// publishes one message at a time wait at least 10ms per message, and
+	// doubled the publish → handle latency on pstest). 1ms still puts the
+	// messages of one Publish call, and of the calls made meanwhile, in one
+	// request; full batches go out at once either way.
+	DefaultBatchDelay = time.Millisecond
 )
-
-func init() { broker.Register(Scheme, broker.DriverFunc(open)) }
 
 // Options configure a Broker made by New. The zero value is the default:
 // ordering on, topics and subscriptions created when absent, SDK batching and
@@ -65,8 +64,9 @@ type Options struct {
 	// DisableCreate makes the adapter use existing topics and subscriptions
 	// only; a missing one is a NotFound error.
 	DisableCreate bool
-	// ExactlyOnce creates subscriptions with exactly-once delivery, and
-	// makes Ack wait until the broker confirms it.
+	// ExactlyOnce gives every subscription the adapter creates or uses
+	// exactly-once delivery, and makes Ack wait until the broker confirms
+	// it. Subscribers declared AtMostOnce get it whatever this says.
 	ExactlyOnce bool
 	// AckDeadline of the subscriptions the adapter creates, when
 	// SubscriberOptions.AckTimeout is 0. Default 10s; Pub/Sub accepts
@@ -85,7 +85,7 @@ type Options struct {
 	Streams int
 	// BatchDelay, BatchCount and BatchBytes tune the publisher's batching
 	// (ps.PublishSettings DelayThreshold, CountThreshold, ByteThreshold).
-	// Defaults 10ms, 100, 1 MB.
+	// Defaults DefaultBatchDelay (1ms), 100, 1 MB.
 	BatchDelay time.Duration
 	BatchCount int
 	BatchBytes int
@@ -111,8 +111,10 @@ type Options struct {
 	CloseClient bool
 }
 
-// Broker is a queuekit broker over Google Cloud Pub/Sub. It implements
-// broker.Broker and is safe for concurrent use.
+// Broker is queuekit's driver for Google Cloud Pub/Sub: wrap it with
+// broker.New. Besides the driver contract (Declarer, GroupChecker and As
+// included) it has admin methods (EnsureTopic, EnsureSubscription,
+// DeleteSubscription, DeleteTopic). It is safe for concurrent use.
 type Broker struct {
 	client *ps.Client
 	opts   Options
@@ -123,13 +125,18 @@ type Broker struct {
 	attempts attempts
 }
 
-var _ broker.Broker = (*Broker)(nil)
+var (
+	_ driver.Broker       = (*Broker)(nil)
+	_ driver.Declarer     = (*Broker)(nil)
+	_ driver.GroupChecker = (*Broker)(nil)
+	_ driver.As           = (*Broker)(nil)
+)
 
 // New returns a Broker over client with opts. The client may point at the
 // real service or an emulator; New makes no request.
 func New(client *ps.Client, opts Options) (*Broker, error) {
 	if client == nil {
-		return nil, broker.Errorf(semantics.InvalidArgument, "gcppubsub: new", "client is nil")
+		return nil, driver.Errorf(semantics.InvalidArgument, "gcppubsub: new", "client is nil")
 	}
 	opts, err := opts.withDefaults("gcppubsub: new")
 	if err != nil {
@@ -142,21 +149,32 @@ func New(client *ps.Client, opts Options) (*Broker, error) {
 func (opts Options) withDefaults(op string) (Options, error) {
 	switch {
 	case opts.MaxMessageSize < 0 || opts.MaxMessageSize > MaxMessageSize:
-		return opts, broker.Errorf(semantics.InvalidArgument, op, "MaxMessageSize %d is outside 0..%d", opts.MaxMessageSize, MaxMessageSize)
+		return opts, driver.Errorf(semantics.InvalidArgument, op, "MaxMessageSize %d is outside 0..%d", opts.MaxMessageSize, MaxMessageSize)
 	case opts.AckDeadline < 0, opts.MaxExtension < 0, opts.BatchDelay < 0,
 		opts.RetryMinBackoff < 0, opts.RetryMaxBackoff < 0:
-		return opts, broker.Errorf(semantics.InvalidArgument, op, "durations must not be negative")
+		return opts, driver.Errorf(semantics.InvalidArgument, op, "durations must not be negative")
 	case opts.MaxOutstandingMessages < 0, opts.MaxOutstandingBytes < 0, opts.Streams < 0,
 		opts.BatchCount < 0, opts.BatchBytes < 0:
-		return opts, broker.Errorf(semantics.InvalidArgument, op, "counts and sizes must not be negative")
+		return opts, driver.Errorf(semantics.InvalidArgument, op, "counts and sizes must not be negative")
 	case opts.AckDeadline != 0 && (opts.AckDeadline < 10*time.Second || opts.AckDeadline > 600*time.Second):
-		return opts, broker.Errorf(semantics.InvalidArgument, op, "AckDeadline is %v; Pub/Sub accepts 10s to 600s", opts.AckDeadline)
+		return opts, driver.Errorf(semantics.InvalidArgument, op, "AckDeadline is %v; Pub/Sub accepts 10s to 600s", opts.AckDeadline)
 	case opts.RetryMaxBackoff != 0 && opts.RetryMaxBackoff < opts.RetryMinBackoff:
-		return opts, broker.Errorf(semantics.InvalidArgument, op, "RetryMaxBackoff %v is below RetryMinBackoff %v", opts.RetryMaxBackoff, opts.RetryMinBackoff)
+		return opts, driver.Errorf(semantics.InvalidArgument, op, "RetryMaxBackoff %v is below RetryMinBackoff %v", opts.RetryMaxBackoff, opts.RetryMinBackoff)
 	case opts.RetryMinBackoff > 600*time.Second || opts.RetryMaxBackoff > 600*time.Second:
-		return opts, broker.Errorf(semantics.InvalidArgument, op, "retry backoffs above 600s are not accepted by Pub/Sub")
+		return opts, driver.Errorf(semantics.InvalidArgument, op, "retry backoffs above 600s are not accepted by Pub/Sub")
 	case opts.BatchCount > ps.MaxPublishRequestCount:
-		return opts, broker.Errorf(semantics.InvalidArgument, op, "BatchCount %d is over Pub/Sub's %d messages per request", opts.BatchCount, ps.MaxPublishRequestCount)
+		return opts, driver.Errorf(semantics.InvalidArgument, op, "BatchCount %d is over Pub/Sub's %d messages per request", opts.BatchCount, ps.MaxPublishRequestCount)
+	case opts.BatchBytes > ps.MaxPublishRequestBytes:
+		return opts, driver.Errorf(semantics.InvalidArgument, op, "BatchBytes %d is over Pub/Sub's %d bytes per request", opts.BatchBytes, int(ps.MaxPublishRequestBytes))
+	case opts.Streams > maxStreams:
+		return opts, driver.Errorf(semantics.InvalidArgument, op, "Streams %d is over %d", opts.Streams, maxStreams)
+	case opts.MaxOutstandingMessages > math.MaxInt32:
+		return opts, driver.Errorf(semantics.InvalidArgument, op, "MaxOutstandingMessages %d is over %d", opts.MaxOutstandingMessages, math.MaxInt32)
+	}
+	if opts.Subscription != "" {
+		if err := checkID(op, "Subscription", opts.Subscription, "subscriptions"); err != nil {
+			return opts, err
+		}
 	}
 	if opts.AckDeadline == 0 {
 		opts.AckDeadline = DefaultAckDeadline
@@ -167,6 +185,9 @@ func (opts Options) withDefaults(op string) (Options, error) {
 	if opts.Streams == 0 {
 		opts.Streams = 1
 	}
+	if opts.BatchDelay == 0 {
+		opts.BatchDelay = DefaultBatchDelay
+	}
 	if opts.SubscriptionName == nil {
 		opts.SubscriptionName = DefaultSubscriptionName
 	}
@@ -174,93 +195,6 @@ func (opts Options) withDefaults(op string) (Options, error) {
 		opts.MaxMessageSize = MaxMessageSize
 	}
 	return opts, nil
-}
-
-// open is the gcppubsub:// driver.
-func open(ctx context.Context, u *url.URL) (broker.Broker, error) {
-	const op = "gcppubsub: open"
-	project := u.Host
-	switch {
-	case u.User != nil:
-		return nil, broker.Errorf(semantics.InvalidArgument, op,
-			"gcppubsub URLs carry no credentials (got %s): use Application Default Credentials, or New with a configured client", u.Redacted())
-	case project == "" || u.Port() != "" || (u.Path != "" && u.Path != "/"):
-		return nil, broker.Errorf(semantics.InvalidArgument, op,
-			"want gcppubsub://PROJECT?params, got %s (the project ID is the host part)", u.Redacted())
-	}
-	p := broker.NewParams(Scheme, u, "emulator", "ordering", "create", "exactly_once", "ack_deadline",
-		"max_extension", "max_outstanding_messages", "max_outstanding_bytes", "streams",
-		"batch_delay", "batch_count", "batch_bytes", "retry_min_backoff", "retry_max_backoff",
-		"subscription", "dial_timeout", "max_message_size")
-	emulator := p.String("emulator", "")
-	opts := Options{
-		DisableOrdering:        !p.Bool("ordering", true),
-		DisableCreate:          !p.Bool("create", true),
-		ExactlyOnce:            p.Bool("exactly_once", false),
-		AckDeadline:            p.Duration("ack_deadline", 0),
-		MaxExtension:           p.Duration("max_extension", 0),
-		MaxOutstandingMessages: p.Int("max_outstanding_messages", 0),
-		MaxOutstandingBytes:    p.Int("max_outstanding_bytes", 0),
-		Streams:                p.Int("streams", 0),
-		BatchDelay:             p.Duration("batch_delay", 0),
-		BatchCount:             p.Int("batch_count", 0),
-		BatchBytes:             p.Int("batch_bytes", 0),
-		RetryMinBackoff:        p.Duration("retry_min_backoff", 0),
-		RetryMaxBackoff:        p.Duration("retry_max_backoff", 0),
-		Subscription:           p.String("subscription", ""),
-		MaxMessageSize:         p.Int("max_message_size", 0),
-		CloseClient:            true,
-	}
-	dialTimeout := p.Duration("dial_timeout", DefaultDialTimeout)
-	if dialTimeout <= 0 {
-		p.Fail("parameter dial_timeout must be positive")
-	}
-	if err := p.Err(); err != nil {
-		return nil, err
-	}
-	if _, err := opts.withDefaults(op); err != nil {
-		return nil, err
-	}
-	var copts []option.ClientOption
-	where := "the Pub/Sub service"
-	if env := os.Getenv("PUBSUB_EMULATOR_HOST"); env != "" {
-		where = "the Pub/Sub emulator at PUBSUB_EMULATOR_HOST=" + env
-	}
-	if emulator != "" {
-		where = "the Pub/Sub emulator at " + emulator
-		copts = append(copts,
-			option.WithEndpoint(emulator),
-			option.WithoutAuthentication(),
-			option.WithTelemetryDisabled(),
-			option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
-	}
-	client, err := ps.NewClient(ctx, project, copts...)
-	if err != nil {
-		return nil, wrap(op, err)
-	}
-	b, err := New(client, opts)
-	if err != nil {
-		_ = client.Close()
-		return nil, err
-	}
-	if err := b.ping(ctx, dialTimeout); err != nil {
-		_ = client.Close()
-		return nil, broker.Errorf(broker.KindOf(err), op, "cannot reach %s within %v: %w", where, dialTimeout, err)
-	}
-	return b, nil
-}
-
-// ping makes one cheap request, so that Open fails fast with a clear error
-// when the service is unreachable instead of on first use. Any answer from
-// the service (even not found or permission denied) proves it is there.
-func (b *Broker) ping(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	_, err := b.client.TopicAdminClient.GetTopic(ctx, &pb.GetTopicRequest{Topic: b.topicName("queuekit-ping")})
-	if err == nil || isCode(err, codes.NotFound) || isCode(err, codes.PermissionDenied) {
-		return nil
-	}
-	return broker.WrapError(semantics.Transient, "", err)
 }
 
 // Client returns the underlying Pub/Sub client, the escape hatch to
@@ -284,9 +218,19 @@ func (b *Broker) Capabilities() semantics.Capabilities {
 	}
 }
 
+// As sets target, a **pubsub.Client (cloud.google.com/go/pubsub/v2), to
+// the client underneath and reports whether it could.
+func (b *Broker) As(target any) bool {
+	if t, ok := target.(**ps.Client); ok && t != nil {
+		*t = b.client
+		return true
+	}
+	return false
+}
+
 // Close marks the broker closed and, when it owns the client (Open, or
-// Options.CloseClient), closes the client. Close publishers and subscribers
-// first.
+// Options.CloseClient), closes the client. Package broker closes the
+// publishers and subscribers first.
 func (b *Broker) Close(ctx context.Context) error {
 	if b.closed.Swap(true) || !b.opts.CloseClient {
 		return nil
@@ -327,4 +271,53 @@ func lastSegment(name string) string {
 		return name[i+1:]
 	}
 	return name
+}
+
+// checkID checks a topic or subscription given as an ID or as a full name
+// (projects/PROJECT/KIND/ID, kind "topics" or "subscriptions") against
+// Pub/Sub's rules for IDs: 3 to 255 characters, a letter first, then
+// letters, digits and - _ . ~ + %, and not starting with "goog".
+func checkID(op, what, name, kind string) error {
+	id := name
+	if strings.HasPrefix(name, "projects/") {
+		parts := strings.Split(name, "/")
+		if len(parts) != 4 || parts[1] == "" || parts[2] != kind {
+			return driver.Errorf(semantics.InvalidArgument, op, "%s %q is neither an ID nor a full name projects/PROJECT/%s/ID", what, name, kind)
+		}
+		id = parts[3]
+	}
+	var why string
+	switch {
+	case len(id) < 3 || len(id) > 255:
+		why = fmt.Sprintf("is %d characters long; Pub/Sub takes 3 to 255", len(id))
+	case !isLetter(id[0]):
+		why = "does not start with a letter, as Pub/Sub requires"
+	case strings.HasPrefix(id, "goog"):
+		why = `starts with "goog", which Pub/Sub reserves`
+	default:
+		if i := strings.IndexFunc(id, func(r rune) bool { return !idChar(r) }); i >= 0 {
+			why = fmt.Sprintf("contains %q; Pub/Sub allows letters, digits and - _ . ~ + %%", id[i:i+1])
+		}
+	}
+	if why != "" {
+		return driver.Errorf(semantics.InvalidArgument, op, "%s %q %s", what, name, why)
+	}
+	return nil
+}
+
+// checkGroup checks that group can be part of a subscription ID: the
+// characters Pub/Sub allows in IDs (the length is taken care of by
+// DefaultSubscriptionName).
+func checkGroup(op, group string) error {
+	if i := strings.IndexFunc(group, func(r rune) bool { return !idChar(r) }); i >= 0 {
+		return driver.Errorf(semantics.InvalidArgument, op,
+			"group %q contains %q; it names a Pub/Sub subscription, which allows letters, digits and - _ . ~ + %%", group, group[i:i+1])
+	}
+	return nil
+}
+
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+func idChar(r rune) bool {
+	return r < 0x80 && (isLetter(byte(r)) || r >= '0' && r <= '9' || strings.ContainsRune("-_.~+%", r))
 }

@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -29,7 +29,7 @@ func kindOf(err error) semantics.Kind {
 		// resumes the key, so publishing again may succeed.
 		return semantics.Transient
 	}
-	if k := broker.KindOf(err); k != semantics.Unknown {
+	if k := driver.KindOf(err); k != semantics.Unknown {
 		return k
 	}
 	st, ok := status.FromError(err)
@@ -52,12 +52,12 @@ func kindOf(err error) semantics.Kind {
 	return semantics.Unknown
 }
 
-// wrap returns err as a *broker.Error for op with its kind, or nil.
+// wrap returns err as a *driver.Error for op with its kind, or nil.
 func wrap(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return broker.WrapError(kindOf(err), op, err)
+	return driver.WrapError(kindOf(err), op, err)
 }
 
 // isCode reports whether err carries the gRPC code c.

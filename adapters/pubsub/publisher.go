@@ -8,20 +8,18 @@ import (
 
 	ps "cloud.google.com/go/pubsub/v2"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
 // headerKey carries Message.Key when it is not the ordering key
 // (DisableOrdering).
-const headerKey = broker.HeaderPrefix + "key"
+const headerKey = driver.HeaderPrefix + "key"
 
 // NewPublisher returns a publisher that sends to any topic through the
-// client's batching publisher, one per topic.
-func (b *Broker) NewPublisher(ctx context.Context) (broker.Publisher, error) {
-	if b.closed.Load() {
-		return nil, broker.ErrClosed
-	}
+// client's batching publisher, one per topic. It creates no topic: package
+// broker refuses a Publish to a topic without a subscription (HasGroup).
+func (b *Broker) NewPublisher(ctx context.Context) (driver.Publisher, error) {
 	return &publisher{b: b, topics: map[string]*ps.Publisher{}}, nil
 }
 
@@ -34,18 +32,16 @@ type publisher struct {
 }
 
 // Publish converts msgs (ID and publish time become attributes, the key the
-// ordering key) and checks every one against Pub/Sub's limits before any
-// request; then it hands them all to the batching publisher and waits for
-// every result. Messages that failed are listed in a *broker.PublishError;
-// an ordering key whose publish failed is resumed afterwards, so that
-// publishing it again works (the messages after the failed one, in this
-// call, failed too and were not sent: order is kept).
-func (p *publisher) Publish(ctx context.Context, topic string, msgs ...*broker.Message) error {
+// ordering key) and checks the topic's name and every message against
+// Pub/Sub's limits before any request; then it hands them all to the
+// batching publisher and waits for every result. Messages that failed are
+// listed in a *driver.PublishError; an ordering key whose publish failed is
+// resumed afterwards, so that publishing it again works (the messages after
+// the failed one, in this call, failed too and were not sent: order is
+// kept). A topic that does not exist fails every message with NotFound.
+func (p *publisher) Publish(ctx context.Context, topic string, msgs ...*driver.Message) error {
 	const op = "gcppubsub: publish"
-	if topic == "" {
-		return broker.Errorf(semantics.InvalidArgument, op, "topic is required")
-	}
-	if err := broker.Prepare(op, msgs, p.b.opts.MaxMessageSize); err != nil {
+	if err := checkID(op, "topic", topic, "topics"); err != nil {
 		return err
 	}
 	ordering := !p.b.opts.DisableOrdering
@@ -55,7 +51,7 @@ func (p *publisher) Publish(ctx context.Context, topic string, msgs ...*broker.M
 			return err
 		}
 	}
-	t, err := p.topic(ctx, topic)
+	t, err := p.topic(topic)
 	if err != nil {
 		return err
 	}
@@ -68,17 +64,17 @@ func (p *publisher) Publish(ctx context.Context, topic string, msgs ...*broker.M
 	p.mu.RLock()
 	if p.closed {
 		p.mu.RUnlock()
-		return broker.ErrClosed
+		return driver.ErrClosed
 	}
 	for i := range out {
 		results[i] = t.Publish(ctx, &out[i])
 	}
 	p.mu.RUnlock()
 
-	var failed []broker.PublishFailure
+	var failed []driver.PublishFailure
 	for i, r := range results[:len(msgs)] {
 		if _, err := r.Get(ctx); err != nil {
-			failed = append(failed, broker.PublishFailure{Index: i, ID: msgs[i].ID, Err: wrap(op, err)})
+			failed = append(failed, driver.PublishFailure{Index: i, ID: msgs[i].ID, Err: wrap(op, err)})
 		}
 	}
 	if len(failed) == 0 {
@@ -91,30 +87,24 @@ func (p *publisher) Publish(ctx context.Context, topic string, msgs ...*broker.M
 			}
 		}
 	}
-	return &broker.Error{Kind: broker.KindOf(failed[0].Err), Op: op, Err: &broker.PublishError{Failed: failed}}
+	return &driver.Error{Kind: driver.KindOf(failed[0].Err), Op: op, Err: &driver.PublishError{Failed: failed}}
 }
 
-// topic returns the SDK publisher of topic, making sure the topic exists
-// the first time.
-func (p *publisher) topic(ctx context.Context, topic string) (*ps.Publisher, error) {
+// topic returns the SDK publisher of topic.
+func (p *publisher) topic(topic string) (*ps.Publisher, error) {
 	p.mu.RLock()
 	t, closed := p.topics[topic], p.closed
 	p.mu.RUnlock()
 	if closed {
-		return nil, broker.ErrClosed
+		return nil, driver.ErrClosed
 	}
 	if t != nil {
 		return t, nil
 	}
-	if !p.b.opts.DisableCreate {
-		if err := p.b.EnsureTopic(ctx, topic); err != nil {
-			return nil, err
-		}
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return nil, broker.ErrClosed
+		return nil, driver.ErrClosed
 	}
 	if t = p.topics[topic]; t == nil {
 		t = p.b.client.Publisher(p.b.topicName(topic))
@@ -160,35 +150,35 @@ func (p *publisher) Close(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		return broker.Errorf(semantics.Transient, "gcppubsub: close publisher", "messages still in flight: %w", ctx.Err())
+		return driver.Errorf(semantics.Canceled, "gcppubsub: close publisher", "messages still in flight: %w", ctx.Err())
 	}
 }
 
 // toPubSub fills out from m, or returns an InvalidArgument error when m
 // breaks one of Pub/Sub's limits on attributes and ordering keys.
-func toPubSub(op string, m *broker.Message, ordering bool, out *ps.Message) error {
+func toPubSub(op string, m *driver.Message, ordering bool, out *ps.Message) error {
 	attrs := make(map[string]string, len(m.Headers)+3)
 	for k, v := range m.Headers {
 		switch {
 		case k == "":
-			return broker.Errorf(semantics.InvalidArgument, op, "message %s has a header with an empty name", m.ID)
+			return driver.Errorf(semantics.InvalidArgument, op, "message %s has a header with an empty name", m.ID)
 		case strings.HasPrefix(k, "goog"):
-			return broker.Errorf(semantics.InvalidArgument, op, "message %s: header %q starts with \"goog\", which Pub/Sub reserves", m.ID, k)
+			return driver.Errorf(semantics.InvalidArgument, op, "message %s: header %q starts with \"goog\", which Pub/Sub reserves", m.ID, k)
 		case len(k) > maxAttrKeyBytes:
-			return broker.Errorf(semantics.InvalidArgument, op, "message %s: header name %.32q... is %d bytes; Pub/Sub accepts %d", m.ID, k, len(k), maxAttrKeyBytes)
+			return driver.Errorf(semantics.InvalidArgument, op, "message %s: header name %.32q... is %d bytes; Pub/Sub accepts %d", m.ID, k, len(k), maxAttrKeyBytes)
 		case len(v) > maxAttrValueBytes:
-			return broker.Errorf(semantics.InvalidArgument, op, "message %s: header %q value is %d bytes; Pub/Sub accepts %d", m.ID, k, len(v), maxAttrValueBytes)
+			return driver.Errorf(semantics.InvalidArgument, op, "message %s: header %q value is %d bytes; Pub/Sub accepts %d", m.ID, k, len(v), maxAttrValueBytes)
 		}
 		attrs[k] = v
 	}
 	if len(m.ID) > maxAttrValueBytes {
-		return broker.Errorf(semantics.InvalidArgument, op, "message ID %.32q... is %d bytes; Pub/Sub attributes accept %d", m.ID, len(m.ID), maxAttrValueBytes)
+		return driver.Errorf(semantics.InvalidArgument, op, "message ID %.32q... is %d bytes; Pub/Sub attributes accept %d", m.ID, len(m.ID), maxAttrValueBytes)
 	}
 	if len(m.Key) > maxOrderingKey {
-		return broker.Errorf(semantics.InvalidArgument, op, "message %s: key is %d bytes; Pub/Sub accepts %d", m.ID, len(m.Key), maxOrderingKey)
+		return driver.Errorf(semantics.InvalidArgument, op, "message %s: key is %d bytes; Pub/Sub accepts %d", m.ID, len(m.Key), maxOrderingKey)
 	}
-	attrs[broker.HeaderID] = m.ID
-	attrs[broker.HeaderPublishedAt] = m.PublishedAt.UTC().Format(time.RFC3339Nano)
+	attrs[driver.HeaderID] = m.ID
+	attrs[driver.HeaderPublishedAt] = m.PublishedAt.UTC().Format(time.RFC3339Nano)
 	out.OrderingKey = ""
 	if m.Key != "" {
 		if ordering {
@@ -198,7 +188,7 @@ func toPubSub(op string, m *broker.Message, ordering bool, out *ps.Message) erro
 		}
 	}
 	if len(attrs) > maxAttributes {
-		return broker.Errorf(semantics.InvalidArgument, op, "message %s has %d headers; Pub/Sub accepts %d attributes, %d with queuekit's own",
+		return driver.Errorf(semantics.InvalidArgument, op, "message %s has %d headers; Pub/Sub accepts %d attributes, %d with queuekit's own",
 			m.ID, len(m.Headers), maxAttributes, len(attrs)-len(m.Headers))
 	}
 	out.Data = m.Payload

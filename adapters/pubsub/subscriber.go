@@ -7,55 +7,53 @@ import (
 
 	ps "cloud.google.com/go/pubsub/v2"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
 // NewSubscriber subscribes to opts.Topic as group opts.Group: the group is
-// the subscription Options.SubscriptionName(topic, group), created when
-// absent (with its topic; with a DeadLetterPolicy to opts.DeadLetterTopic,
-// and a subscription of the same group on that topic so that no dead letter
-// is dropped, when opts.MaxAttempts > 0). Receiving starts at the first
+// the subscription subscriptionConfig describes, created when absent (with
+// its topic; with a DeadLetterPolicy to opts.DeadLetterTopic, and a
+// subscription of the same group on that topic so that no dead letter is
+// dropped, when opts.MaxAttempts > 0). Receiving starts at the first
 // Receive.
-func (b *Broker) NewSubscriber(ctx context.Context, opts broker.SubscriberOptions) (broker.Subscriber, error) {
+//
+// AtMostOnce turns on exactly-once delivery on the subscription (an
+// existing one is updated), so that Ack returns only once Pub/Sub recorded
+// it; PerKey needs message ordering on the subscription and ordering keys
+// on published messages. Where that cannot be had (create=false on a
+// subscription without it, ordering=false, a subscription created without
+// ordering) NewSubscriber refuses with an Unsupported error naming what
+// would work.
+func (b *Broker) NewSubscriber(ctx context.Context, opts driver.SubscriberOptions) (driver.Subscriber, error) {
 	const op = "gcppubsub: subscribe"
-	if b.closed.Load() {
-		return nil, broker.ErrClosed
-	}
-	if err := opts.Validate(op); err != nil {
+	cfg, err := b.subscriptionConfig(op, opts)
+	if err != nil {
 		return nil, err
 	}
-	opts = opts.WithDefaults()
-	name := b.opts.Subscription
-	if name == "" {
-		name = b.opts.SubscriptionName(opts.Topic, opts.Group)
-	}
-	cfg := SubscriptionConfig{
-		Name:            name,
-		Topic:           opts.Topic,
-		AckDeadline:     opts.AckTimeout,
-		Ordering:        !b.opts.DisableOrdering || opts.Ordering == semantics.PerKey,
-		ExactlyOnce:     b.opts.ExactlyOnce,
-		RetryMinBackoff: b.opts.RetryMinBackoff,
-		RetryMaxBackoff: b.opts.RetryMaxBackoff,
-	}
-	if opts.MaxAttempts > 0 {
-		cfg.DeadLetterTopic = opts.DeadLetterTopic
-		cfg.MaxDeliveryAttempts = opts.MaxAttempts
+	if opts.Ordering == semantics.PerKey && b.opts.DisableOrdering {
+		return nil, driver.Errorf(semantics.Unsupported, op,
+			"per-key ordering needs Message.Key published as the Pub/Sub ordering key, which ordering=false (Options.DisableOrdering) turns off: open with ordering=true, the default")
 	}
 	sub, err := b.EnsureSubscription(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	if opts.Ordering == semantics.PerKey && !sub.EnableMessageOrdering {
-		return nil, broker.Errorf(semantics.InvalidArgument, op,
-			"per-key ordering asked for, but subscription %s exists without message ordering (Pub/Sub cannot enable it later)", sub.Name)
+		return nil, driver.Errorf(semantics.Unsupported, op,
+			"per-key ordering asked for, but subscription %s exists without message ordering, which Pub/Sub cannot enable later: subscribe as another group (the adapter creates its subscription with ordering), or recreate the subscription with --enable-message-ordering", sub.Name)
+	}
+	if opts.Guarantee == semantics.AtMostOnce && !sub.EnableExactlyOnceDelivery {
+		return nil, driver.Errorf(semantics.Unsupported, op,
+			"at-most-once needs exactly-once delivery on subscription %s, so that Ack returns only once Pub/Sub recorded it (without it an ack is sent asynchronously and lost when the process dies): "+
+				"enable it (gcloud pubsub subscriptions update %s --enable-exactly-once-delivery), or let the adapter do it with create=true (the default)", sub.Name, lastSegment(sub.Name))
 	}
 	if opts.MaxAttempts > 0 && !b.opts.DisableCreate {
-		if _, err := b.EnsureSubscription(ctx, SubscriptionConfig{
-			Name:  b.opts.SubscriptionName(opts.DeadLetterTopic, opts.Group),
-			Topic: opts.DeadLetterTopic,
-		}); err != nil {
+		dcfg, err := b.subscriptionConfig(op, driver.SubscriberOptions{Topic: opts.DeadLetterTopic, Group: opts.Group})
+		if err != nil {
+			return nil, err
+		}
+		if _, err := b.EnsureSubscription(ctx, dcfg); err != nil {
 			return nil, err
 		}
 	}
@@ -90,6 +88,7 @@ func (b *Broker) NewSubscriber(ctx context.Context, opts broker.SubscriberOption
 		topic:       opts.Topic,
 		sub:         s,
 		exactlyOnce: sub.EnableExactlyOnceDelivery,
+		atMostOnce:  opts.Guarantee == semantics.AtMostOnce,
 		counted:     sub.DeadLetterPolicy == nil,
 		subName:     sub.Name,
 		attempts:    &b.attempts,
@@ -108,6 +107,7 @@ type subscriber struct {
 	topic       string
 	sub         *ps.Subscriber
 	exactlyOnce bool // Ack waits for the broker's confirmation
+	atMostOnce  bool // and must get one
 	counted     bool // no DeadLetterPolicy: count attempts in the Broker
 	subName     string
 	attempts    *attempts
@@ -124,8 +124,9 @@ type subscriber struct {
 }
 
 var (
-	_ broker.Subscriber    = (*subscriber)(nil)
-	_ broker.BatchReceiver = (*subscriber)(nil)
+	_ driver.Subscriber    = (*subscriber)(nil)
+	_ driver.BatchReceiver = (*subscriber)(nil)
+	_ driver.As            = (*subscriber)(nil)
 )
 
 // start runs the SDK's Receive unless it runs already, and returns the
@@ -134,7 +135,7 @@ func (s *subscriber) start() (<-chan struct{}, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return nil, broker.ErrClosed
+		return nil, driver.ErrClosed
 	}
 	if err := s.err; err != nil {
 		s.err = nil // reported once; the next call starts receiving again
@@ -165,21 +166,21 @@ func (s *subscriber) handle(ctx context.Context, m *ps.Message) {
 	select {
 	case s.ch <- d:
 	case <-s.closing:
-		d.finish(false)
+		d.finish()
 		return
 	case <-ctx.Done():
-		d.finish(false)
+		d.finish()
 		return
 	}
 	select {
 	case <-d.done:
 	case <-s.closing:
-		d.finish(false) // not settled: give it back
+		d.finish() // not settled: give it back
 	}
 }
 
 // Receive returns the next delivery.
-func (s *subscriber) Receive(ctx context.Context) (broker.Delivery, error) {
+func (s *subscriber) Receive(ctx context.Context) (driver.Delivery, error) {
 	for {
 		done, err := s.start()
 		if err != nil {
@@ -191,23 +192,43 @@ func (s *subscriber) Receive(ctx context.Context) (broker.Delivery, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-s.closing:
-			return nil, broker.ErrClosed
+			return nil, driver.ErrClosed
 		case <-done:
 		}
 	}
 }
 
+// isClosing reports whether Close was called.
+func (s *subscriber) isClosing() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// As sets target, a **pubsub.Subscriber, to the SDK subscriber underneath.
+func (s *subscriber) As(target any) bool {
+	if t, ok := target.(**ps.Subscriber); ok && t != nil {
+		*t = s.sub
+		return true
+	}
+	return false
+}
+
 // ReceiveBatch waits for one delivery, then adds those already waiting.
-func (s *subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (int, error) {
-	return broker.FillBatch(ctx, buf, s.Receive, broker.Ready(s.ch))
+func (s *subscriber) ReceiveBatch(ctx context.Context, buf []driver.Delivery) (int, error) {
+	return driver.FillBatch(ctx, buf, s.Receive, driver.Ready(s.ch))
 }
 
 // Close stops receiving: deliveries not settled yet are nacked (a pending
 // delayed Nack is cut short) so that the broker redelivers them at once,
 // and Close waits, no longer than ctx, for the client to finish its
 // shutdown, which sends the last acks and nacks. When ctx ends first, Close
-// returns a Transient error and the shutdown goes on in the background;
-// Close may be called again to wait for it.
+// returns an error of kind Canceled naming the subscription, and the
+// shutdown goes on in the background (calling the driver's Close again
+// waits for it).
 func (s *subscriber) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.closed {
@@ -231,7 +252,7 @@ func (s *subscriber) Close(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		return broker.Errorf(semantics.Transient, "gcppubsub: close subscriber",
+		return driver.Errorf(semantics.Canceled, "gcppubsub: close subscriber",
 			"%s: the client has not finished sending the last acks and nacks: %w (it goes on in the background; a message whose ack is not sent when the process exits is redelivered)",
 			s.subName, ctx.Err())
 	}
@@ -286,16 +307,16 @@ func (s *subscriber) newDelivery(m *ps.Message) *delivery {
 	msg.Payload = m.Data
 	msg.Key = m.OrderingKey
 	attrs := m.Attributes // ours now: the SDK does not read them again
-	if v, ok := attrs[broker.HeaderID]; ok {
+	if v, ok := attrs[driver.HeaderID]; ok {
 		msg.ID = v
-		delete(attrs, broker.HeaderID)
+		delete(attrs, driver.HeaderID)
 	} else {
 		msg.ID = m.ID
 	}
-	if v, ok := attrs[broker.HeaderPublishedAt]; ok {
+	if v, ok := attrs[driver.HeaderPublishedAt]; ok {
 		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
 			msg.PublishedAt = t
-			delete(attrs, broker.HeaderPublishedAt)
+			delete(attrs, driver.HeaderPublishedAt)
 		}
 	}
 	if msg.PublishedAt.IsZero() {
@@ -307,6 +328,9 @@ func (s *subscriber) newDelivery(m *ps.Message) *delivery {
 		}
 		delete(attrs, headerKey)
 	}
+	// Attempt is counted, never read from an attribute: one named like
+	// the reserved header was not set by queuekit and is dropped.
+	delete(attrs, driver.HeaderAttempt)
 	if len(attrs) > 0 {
 		msg.Headers = attrs
 	}
@@ -319,82 +343,118 @@ func (s *subscriber) newDelivery(m *ps.Message) *delivery {
 	return d
 }
 
-// delivery is one Pub/Sub message handed out by Receive.
+// delivery is one Pub/Sub message handed out by Receive. Package broker
+// calls Ack or Nack at most once, and again only after one failed.
 type delivery struct {
-	msg    broker.Message
-	m      *ps.Message
-	s      *subscriber
-	settle broker.Settlement
+	msg driver.Message
+	m   *ps.Message
+	s   *subscriber
 
 	mu       sync.Mutex
 	finished bool          // the SDK message was acked or nacked
+	acked    *ps.AckResult // of a confirmed Ack, once sent
 	done     chan struct{} // closed when finished
 	timer    *time.Timer   // pending delayed nack
 }
 
-var errReleased = broker.Errorf(semantics.Closed, "gcppubsub", "the subscriber was closed and the delivery given back for redelivery")
+// failedAck marks a delivery whose Ack could not be confirmed.
+var failedAck = new(ps.AckResult)
 
-func (d *delivery) Message() *broker.Message { return &d.msg }
-
-// finish acks or nacks the SDK message once; it reports false when that
-// was done already (by Close).
-func (d *delivery) finish(ack bool) bool {
-	_, ok := d.finishWith(ack)
-	return ok
+// resolvedOK reports whether r is resolved already, as a success.
+func resolvedOK(r *ps.AckResult) bool {
+	select {
+	case <-r.Ready():
+		st, err := r.Get(context.Background())
+		return err == nil && st == ps.AcknowledgeStatusSuccess
+	default:
+		return false
+	}
 }
 
-func (d *delivery) finishWith(ack bool) (*ps.AckResult, bool) {
+var errReleased = driver.Errorf(semantics.Closed, "gcppubsub", "the subscriber was closed and the delivery given back for redelivery")
+
+func (d *delivery) Message() *driver.Message { return &d.msg }
+
+// finish nacks the SDK message unless that or an ack was done already; it
+// reports whether it did.
+func (d *delivery) finish() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.finished {
-		return nil, false
+		return false
 	}
 	d.finished = true
 	if d.timer != nil {
 		d.timer.Stop()
 	}
-	var r *ps.AckResult
-	switch {
-	case ack && d.s.exactlyOnce:
-		r = d.m.AckWithResult()
-	case ack:
-		d.m.Ack()
-	default:
-		d.m.Nack()
-	}
+	d.m.Nack()
 	close(d.done)
-	return r, true
+	return true
 }
 
-// Ack acknowledges the message. On an exactly-once subscription it returns
-// once the broker has confirmed; otherwise the client sends it within 100ms
-// (and before Close returns).
+// Ack acknowledges the message. On an exactly-once subscription (always
+// under AtMostOnce) it returns once Pub/Sub has recorded the ack — after
+// that the message is never redelivered — and an error when Pub/Sub
+// refused it (the message will be redelivered) or ctx ended first (calling
+// Ack again waits for the same confirmation). Otherwise the client sends
+// the ack within 100ms (and before Close returns), and Ack returns at once.
 func (d *delivery) Ack(ctx context.Context) error {
-	if first, err := d.settle.Ack(); !first {
-		return err
+	const op = "gcppubsub: ack"
+	d.mu.Lock()
+	r := d.acked
+	if r == nil {
+		if d.finished || d.s.isClosing() {
+			d.mu.Unlock()
+			d.finish() // given back by Close, if its callback has not yet
+			return errReleased
+		}
+		d.finished = true
+		if d.timer != nil {
+			d.timer.Stop()
+		}
+		if d.s.exactlyOnce {
+			r = d.m.AckWithResult()
+			d.acked = r
+			if d.s.atMostOnce && resolvedOK(r) {
+				// Only a client that does not (yet) know the subscription
+				// has exactly-once delivery resolves the result at once:
+				// the ack is queued like any other, and may be lost.
+				d.acked = failedAck
+			}
+		} else {
+			d.m.Ack()
+		}
+		close(d.done)
+		if d.s.counted {
+			d.s.attempts.forget(attemptKey{d.s.subName, d.m.ID})
+		}
 	}
-	r, ok := d.finishWith(true)
-	if !ok {
-		return errReleased
-	}
-	if d.s.counted {
-		d.s.attempts.forget(attemptKey{d.s.subName, d.m.ID})
-	}
+	r = d.acked
+	d.mu.Unlock()
 	if r == nil {
 		return nil
+	}
+	if r == failedAck {
+		return driver.Errorf(semantics.Permanent, op,
+			"the client did not treat %s as delivered with exactly-once delivery, so its ack cannot be confirmed (at-most-once: do not handle it)", d.msg.ID)
+	}
+	select {
+	case <-r.Ready():
+	case <-ctx.Done():
+		return driver.Errorf(semantics.Canceled, op, "waiting for Pub/Sub to confirm the ack of %s (call Ack again to wait on): %w", d.msg.ID, ctx.Err())
 	}
 	st, err := r.Get(ctx)
 	if err == nil && st == ps.AcknowledgeStatusSuccess {
 		return nil
 	}
 	kind := semantics.Permanent // the ack ID expired or was refused: the message will be redelivered
-	if err == nil || st == ps.AcknowledgeStatusOther {
+	if st == ps.AcknowledgeStatusOther {
 		kind = semantics.Transient
 	}
 	if err == nil {
-		return broker.Errorf(kind, "gcppubsub: ack", "exactly-once ack refused (status %d)", st)
+		return driver.Errorf(kind, op, "Pub/Sub did not confirm the ack of %s (status %d); it will be redelivered", d.msg.ID, st)
 	}
-	return broker.WrapError(kind, "gcppubsub: ack", err)
+	return driver.Errorf(kind, op, "Pub/Sub did not confirm the ack of %s; it will be redelivered: %w", d.msg.ID, err)
 }
 
 // Nack gives the message back. With delay 0 it is redelivered at once
@@ -402,14 +462,12 @@ func (d *delivery) Ack(ctx context.Context) error {
 // > 0 the subscriber keeps the message leased — the client keeps extending
 // its ack deadline, so the broker hands it to nobody — and nacks it when
 // delay has passed: the broker redelivers it no sooner than delay. The
-// delivery keeps its flow-control slot meanwhile. The streaming client does
-// not expose ack IDs, so a single ModifyAckDeadline(delay) is not possible.
+// delivery keeps its flow-control slot (and, on an ordered subscription,
+// its key's turn) meanwhile. The streaming client does not expose ack IDs,
+// so a single ModifyAckDeadline(delay) is not possible.
 func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
-	if first, err := d.settle.Nack(); !first {
-		return err
-	}
 	if delay <= 0 {
-		if !d.finish(false) {
+		if !d.finish() {
 			return errReleased
 		}
 		return nil
@@ -419,6 +477,8 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	if d.finished {
 		return errReleased
 	}
-	d.timer = time.AfterFunc(delay, func() { d.finish(false) })
+	if d.timer == nil {
+		d.timer = time.AfterFunc(delay, func() { d.finish() })
+	}
 	return nil
 }

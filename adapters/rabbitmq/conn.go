@@ -10,7 +10,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -24,14 +24,15 @@ type connector struct {
 	log     *slog.Logger
 	maxWait time.Duration // cap of the reconnect backoff
 
-	mu      sync.Mutex
-	conn    *amqp.Connection
-	gen     uint64        // bumped on every new connection
-	ready   chan struct{} // closed while conn is usable
-	dialing bool
-	lastErr error
-	closed  bool
-	done    chan struct{} // closed by close
+	mu       sync.Mutex
+	conn     *amqp.Connection
+	frameMax int           // negotiated frame_max of the last connection (0: unlimited)
+	gen      uint64        // bumped on every new connection
+	ready    chan struct{} // closed while conn is usable
+	dialing  bool
+	lastErr  error
+	closed   bool
+	done     chan struct{} // closed by close
 }
 
 func newConnector(name string, dial func(context.Context) (*amqp.Connection, error), log *slog.Logger, maxWait time.Duration) *connector {
@@ -56,7 +57,7 @@ func (c *connector) connect(ctx context.Context) error {
 	defer c.mu.Unlock()
 	if c.closed {
 		_ = conn.Close()
-		return broker.ErrClosed
+		return driver.ErrClosed
 	}
 	c.install(conn)
 	return nil
@@ -65,6 +66,7 @@ func (c *connector) connect(ctx context.Context) error {
 // install makes conn current and watches it. c.mu is held.
 func (c *connector) install(conn *amqp.Connection) {
 	c.conn = conn
+	c.frameMax = conn.Config.FrameSize
 	c.gen++
 	c.lastErr = nil
 	select {
@@ -167,7 +169,7 @@ func (c *connector) get(ctx context.Context) (*amqp.Connection, uint64, error) {
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
-			return nil, 0, broker.ErrClosed
+			return nil, 0, driver.ErrClosed
 		}
 		if c.conn != nil {
 			if !c.conn.IsClosed() {
@@ -183,7 +185,7 @@ func (c *connector) get(ctx context.Context) (*amqp.Connection, uint64, error) {
 		if c.conn == nil && c.dial == nil {
 			err := c.lastErr
 			c.mu.Unlock()
-			return nil, 0, broker.Errorf(semantics.Closed, "rabbitmq", "connection lost (%v) and Options.Redial is nil", err)
+			return nil, 0, driver.Errorf(semantics.Closed, "rabbitmq", "connection lost (%v) and Options.Redial is nil", err)
 		}
 		c.startDialing()
 		ready := c.ready
@@ -196,11 +198,29 @@ func (c *connector) get(ctx context.Context) (*amqp.Connection, uint64, error) {
 			last := c.lastErr
 			c.mu.Unlock()
 			if last != nil {
-				return nil, 0, &broker.Error{Kind: semantics.Transient, Op: "rabbitmq", Err: fmt.Errorf("%w (last error: %v): %w", errNotConnected, last, ctx.Err())}
+				return nil, 0, &driver.Error{Kind: semantics.Transient, Op: "rabbitmq", Err: fmt.Errorf("%w (last error: %v): %w", errNotConnected, last, ctx.Err())}
 			}
-			return nil, 0, &broker.Error{Kind: semantics.Transient, Op: "rabbitmq", Err: fmt.Errorf("%w: %w", errNotConnected, ctx.Err())}
+			return nil, 0, &driver.Error{Kind: semantics.Transient, Op: "rabbitmq", Err: fmt.Errorf("%w: %w", errNotConnected, ctx.Err())}
 		}
 	}
+}
+
+// current returns the connection in use, or nil.
+func (c *connector) current() *amqp.Connection {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil || c.conn.IsClosed() {
+		return nil
+	}
+	return c.conn
+}
+
+// maxFrame returns the frame_max negotiated by the last connection, which
+// the next one is expected to share (0: no limit).
+func (c *connector) maxFrame() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.frameMax
 }
 
 // channel opens a channel on the current connection.

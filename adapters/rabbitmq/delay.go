@@ -9,7 +9,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -27,6 +27,11 @@ const delayMarker = ".qk-delay-"
 // headerDelayTopic keeps the original topic of a message that went
 // through a delay queue, for the dead-letter headers.
 const headerDelayTopic = "queuekit-rabbitmq-topic"
+
+// maxDelay is the longest Nack delay: RabbitMQ refuses a message TTL or
+// queue expiry over 2^32-1 ms, and a delay queue expires an hour after its
+// TTL. Its name takes at most 10 digits (see maxDelaySuffix).
+const maxDelay = 4_000_000 * time.Second
 
 // redeclareAfter is how old a delay queue declaration may be before it is
 // declared again (which resets its x-expires clock).
@@ -85,25 +90,25 @@ func (q *delayQueues) drop(name string) {
 	delete(q.at, name)
 }
 
-// forget drops and returns the delay queues of queue.
+// forget drops and returns the delay queues of queue (not the schedule
+// queues of a topic named like it).
 func (q *delayQueues) forget(queue string) []string {
+	return q.forgetPrefix(queue+delayMarker, queue+schedMarker)
+}
+
+// forgetPrefix drops and returns the queues whose names start with prefix
+// and not with except (if not empty).
+func (q *delayQueues) forgetPrefix(prefix, except string) []string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var names []string
 	for name := range q.at {
-		if strings.HasPrefix(name, queue+delayMarker) {
+		if strings.HasPrefix(name, prefix) && (except == "" || !strings.HasPrefix(name, except)) {
 			names = append(names, name)
 			delete(q.at, name)
 		}
 	}
 	return names
-}
-
-// declared reports a queue the broker declared (a test hook).
-func (b *Broker) declared(queue string) {
-	if b.opts.OnDeclare != nil {
-		b.opts.OnDeclare(queue)
-	}
 }
 
 // retryChannel returns the subscriber's confirm-mode channel for delayed
@@ -149,11 +154,22 @@ func (s *subscriber) delay(ctx context.Context, d *delivery, delay time.Duration
 		}
 		s.b.delayQueues.mark(name)
 		s.b.declared(name)
+		s.b.record(ctx, s.opts.Topic, entry{Role: RoleDelay, Topic: s.opts.Topic, Group: s.opts.Group, Queue: name})
 	}
 	raw := &d.raw
 	h := make(amqp.Table, len(raw.Headers)+2)
 	for k, v := range raw.Headers {
-		if k != "x-delivery-count" {
+		switch k {
+		case "x-delivery-count":
+		case "x-death":
+			// RabbitMQ adds an x-death entry per delay queue the message
+			// goes through: keep only the others, so that a message
+			// nacked with many different delays does not outgrow a
+			// header frame (RabbitMQ adds the new entry itself).
+			if deaths := withoutDelayDeaths(v); len(deaths) > 0 {
+				h[k] = deaths
+			}
+		default:
 			h[k] = v
 		}
 	}
@@ -185,15 +201,31 @@ func (s *subscriber) delay(ctx context.Context, d *delivery, delay time.Duration
 	case <-dc.Done():
 	case <-ctx.Done():
 		go func() { <-dc.Done(); pc.settle(k) }()
-		return broker.WrapError(semantics.Transient, op, ctx.Err())
+		return driver.Canceled(op, ctx.Err())
 	}
 	returned := pc.settle(k)
 	switch {
 	case returned:
 		s.b.delayQueues.drop(name)
-		return broker.Errorf(semantics.NotFound, op, "delay queue %q is gone", name)
+		return driver.Errorf(semantics.NotFound, op, "delay queue %q is gone", name)
 	case !dc.Acked():
-		return broker.Errorf(semantics.Transient, op, "delayed copy not confirmed: %w", pc.cause())
+		return driver.Errorf(semantics.Transient, op, "delayed copy not confirmed: %w", pc.cause())
 	}
 	return nil
+}
+
+// withoutDelayDeaths returns the x-death entries of v that are not the
+// expiry of a delay queue.
+func withoutDelayDeaths(v any) []any {
+	deaths, _ := v.([]any)
+	var kept []any
+	for _, e := range deaths {
+		if t, ok := e.(amqp.Table); ok {
+			if q, _ := t["queue"].(string); isDelayQueue(q) {
+				continue
+			}
+		}
+		kept = append(kept, e)
+	}
+	return kept
 }

@@ -4,16 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
 // kindOf classifies an error from amqp091 or the network.
 func kindOf(err error) semantics.Kind {
-	if k := broker.KindOf(err); k != semantics.Unknown {
+	if k := driver.KindOf(err); k != semantics.Unknown {
 		return k
 	}
 	var ae *amqp.Error
@@ -37,19 +38,29 @@ func kindOf(err error) semantics.Kind {
 	return semantics.Transient // network errors: dial refused, reset, EOF
 }
 
-// wrap returns err as a *broker.Error of its kind, explaining the AMQP
-// errors users meet when topology does not match.
+// wrap returns err as a *driver.Error of its kind, explaining the AMQP
+// errors users meet when topology does not match. RabbitMQ answers 406
+// PRECONDITION_FAILED for other things too (an unknown delivery tag: a
+// delivery settled on a channel that is not the one it came on, or twice):
+// only a declare that met other arguments ("inequivalent arg") gets the
+// topology explanation.
 func wrap(op string, err error) error {
 	if err == nil {
 		return nil
 	}
 	var ae *amqp.Error
 	if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
-		err = fmt.Errorf("%w (an existing queue or exchange was declared with other arguments: "+
-			"queue type, MaxAttempts, DeadLetterTopic and Ordering must match the first subscriber of a group, "+
-			"or delete the queue)", err)
+		switch {
+		case strings.Contains(ae.Reason, "inequivalent arg"):
+			err = fmt.Errorf("%w (an existing queue or exchange was declared with other arguments: "+
+				"queue type, MaxAttempts, DeadLetterTopic and Ordering must match the first subscriber of a group, "+
+				"or delete the queue)", err)
+		case strings.Contains(ae.Reason, "unknown delivery tag"):
+			err = fmt.Errorf("%w (the channel no longer knew the delivery: it was settled already, "+
+				"or the channel it came on had closed; RabbitMQ closed this channel)", err)
+		}
 	}
-	return &broker.Error{Kind: kindOf(err), Op: op, Err: err}
+	return &driver.Error{Kind: kindOf(err), Op: op, Err: err}
 }
 
 // errNotConnected is the cause of a call that found no connection.

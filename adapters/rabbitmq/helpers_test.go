@@ -48,13 +48,16 @@ func (c *cleanup) run(t testing.TB, url string) {
 
 // openBroker dials the test server with opts (and params appended to the
 // URL) and deletes every queue it declares when the test ends.
-func openBroker(t testing.TB, params string, opts Options) *Broker {
+func openBroker(t testing.TB, params string, opts Options) *broker.Broker {
 	t.Helper()
 	url := testenv.RabbitMQ(t)
 	c := &cleanup{}
 	opts.OnDeclare = c.add
 	if opts.Exchange != "" {
-		c.exchanges = append(c.exchanges, opts.Exchange)
+		// With the exchanges of scheduled delivery, which every group's
+		// declaration makes.
+		c.exchanges = append(c.exchanges, opts.Exchange,
+			fitName(opts.Exchange, schedExchangeSuffix), fitName(opts.Exchange, schedRouterSuffix))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -62,15 +65,26 @@ func openBroker(t testing.TB, params string, opts Options) *Broker {
 	if params != "" {
 		u += "?" + params
 	}
-	b, err := Dial(ctx, u, opts)
+	rb, err := Dial(ctx, u, opts)
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}
+	b := broker.New(rb)
 	t.Cleanup(func() {
 		_ = b.Close(context.Background())
 		c.run(t, url)
 	})
 	return b
+}
+
+// rabbit returns the adapter's Broker under b, for its admin methods.
+func rabbit(t testing.TB, b *broker.Broker) *Broker {
+	t.Helper()
+	var rb *Broker
+	if !b.As(&rb) {
+		t.Fatalf("%v.As(*rabbitmq.Broker) = false", b)
+	}
+	return rb
 }
 
 func ctxT(t testing.TB, d time.Duration) context.Context {
@@ -79,7 +93,7 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-func newPub(t testing.TB, b broker.Broker) broker.Publisher {
+func newPub(t testing.TB, b *broker.Broker) *broker.Publisher {
 	t.Helper()
 	p, err := b.NewPublisher(ctxT(t, 10*time.Second))
 	if err != nil {
@@ -89,7 +103,7 @@ func newPub(t testing.TB, b broker.Broker) broker.Publisher {
 	return p
 }
 
-func newSub(t testing.TB, b broker.Broker, o broker.SubscriberOptions) broker.Subscriber {
+func newSub(t testing.TB, b *broker.Broker, o broker.SubscriberOptions) *broker.Subscriber {
 	t.Helper()
 	s, err := b.NewSubscriber(ctxT(t, 10*time.Second), o)
 	if err != nil {
@@ -99,7 +113,7 @@ func newSub(t testing.TB, b broker.Broker, o broker.SubscriberOptions) broker.Su
 	return s
 }
 
-func receive(t testing.TB, s broker.Subscriber, within time.Duration) broker.Delivery {
+func receive(t testing.TB, s *broker.Subscriber, within time.Duration) *broker.Delivery {
 	t.Helper()
 	d, err := s.Receive(ctxT(t, within))
 	if err != nil {

@@ -107,13 +107,17 @@ func (p *proxy) cut() {
 	conns := p.conns
 	p.conns = nil
 	p.cuts++
-	if p.held != nil {
-		close(p.held)
-		p.held = nil
-	}
+	held := p.held
+	p.held = nil
 	p.mu.Unlock()
+	// Close first, then release the hold: released first, a held chunk
+	// (confirms) could still reach the client through a connection that
+	// is about to be cut.
 	for _, c := range conns {
 		c.Close()
+	}
+	if held != nil {
+		close(held)
 	}
 }
 
@@ -124,4 +128,15 @@ func (p *proxy) hold() {
 		p.held = make(chan struct{})
 	}
 	p.mu.Unlock()
+}
+
+// release ends a hold: the broker's bytes held back flow to the clients.
+func (p *proxy) release() {
+	p.mu.Lock()
+	held := p.held
+	p.held = nil
+	p.mu.Unlock()
+	if held != nil {
+		close(held)
+	}
 }

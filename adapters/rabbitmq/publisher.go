@@ -3,13 +3,16 @@ package rabbitmq
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -27,10 +30,7 @@ const (
 // NewPublisher returns a publisher with its own channel in confirm mode.
 // The channel is opened (and the exchange declared) now, and again after a
 // connection loss.
-func (b *Broker) NewPublisher(ctx context.Context) (broker.Publisher, error) {
-	if b.isClosed() {
-		return nil, broker.ErrClosed
-	}
+func (b *Broker) NewPublisher(ctx context.Context) (driver.Publisher, error) {
 	p := &publisher{b: b, window: make(chan struct{}, b.opts.ConfirmWindow)}
 	if _, err := p.channel(ctx); err != nil {
 		return nil, err
@@ -45,8 +45,8 @@ type publisher struct {
 	openMu sync.Mutex // serialises channel opening
 	mu     sync.Mutex
 	cur    *pubChan
-	closed bool
-	calls  sync.WaitGroup // Publish calls in progress
+	closed bool           // Publish after Close returns ErrClosed
+	calls  sync.WaitGroup // Publish calls in progress, which Close waits for
 }
 
 // pubChan is one confirm-mode channel and the bookkeeping that matches the
@@ -61,12 +61,15 @@ type publisher struct {
 // unroutable message as published.
 type pubChan struct {
 	ch      *amqp.Channel
+	cork    *corkConn // nil when the adapter did not dial the connection
 	returns chan amqp.Return
 	closes  chan *amqp.Error
 
 	mu       sync.Mutex
 	routes   map[routeKey]*routeState
 	closeErr *amqp.Error
+
+	stream *pubStream // a publisher's sender and confirmer; nil for delay.go's channels
 }
 
 type routeKey struct{ id, topic string }
@@ -95,8 +98,13 @@ func (p *publisher) channel(ctx context.Context) (*pubChan, error) {
 		return nil, err
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		pc.ch.Close()
+		return nil, driver.ErrClosed
+	}
+	pc.stream = newPubStream(p, pc)
 	p.cur = pc
-	p.mu.Unlock()
 	return pc, nil
 }
 
@@ -104,9 +112,13 @@ func (p *publisher) channel(ctx context.Context) (*pubChan, error) {
 // after declaring the exchange. window bounds its unconfirmed publishes.
 func (b *Broker) openPubChan(ctx context.Context, window int) (*pubChan, error) {
 	const op = "rabbitmq: publisher channel"
-	ch, _, err := b.pub.channel(ctx)
+	conn, _, err := b.pub.get(ctx)
 	if err != nil {
 		return nil, wrap(op, err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, wrap(op+": open channel", err)
 	}
 	if err := b.declareExchange(ch); err != nil {
 		ch.Close()
@@ -118,6 +130,7 @@ func (b *Broker) openPubChan(ctx context.Context, window int) (*pubChan, error) 
 	}
 	return &pubChan{
 		ch:      ch,
+		cork:    corkOf(conn),
 		returns: ch.NotifyReturn(make(chan amqp.Return, window+16)),
 		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
 		routes:  make(map[routeKey]*routeState),
@@ -198,132 +211,103 @@ func (pc *pubChan) cause() error {
 	return amqp.ErrClosed
 }
 
-// pending is one message of a Publish call.
+// pending is one message of a Publish call, as the sender sent it.
 type pending struct {
-	dc   *amqp.DeferredConfirmation
-	key  routeKey
-	done bool
+	key   routeKey
+	sched string // its schedule queue, when it was sent to one
 }
 
 // Publish sends msgs to the exchange with topic as routing key, persistent
-// and (unless AllowUnroutable) mandatory, keeping up to ConfirmWindow
-// publishes unconfirmed at once across all callers, and returns once the
-// broker confirmed each. A message the broker returned as unroutable (no
-// group subscribes to topic yet) fails with kind NotFound; one it nacked,
-// or whose confirmation was lost with the connection, fails with kind
-// Transient: it may or may not have been stored, and publishing it again
-// with the same ID lets consumers deduplicate. Publish waits for a lost
-// connection to come back as long as ctx allows.
-func (p *publisher) Publish(ctx context.Context, topic string, msgs ...*broker.Message) error {
+// and mandatory, keeping up to ConfirmWindow publishes unconfirmed at once
+// across all callers, and returns once the broker confirmed each.
+//
+// Before any I/O it refuses the whole call (InvalidArgument) when topic or
+// a message breaks RabbitMQ's limits (see checkMessage): such a message
+// would make the broker close the publishing connection under every other
+// publisher on it. A message the broker returned as unroutable (no group
+// declared on topic) fails with an error matching driver.ErrNoGroup (kind
+// NotFound); one it nacked, or whose confirmation was lost with the
+// connection, fails with kind Transient: it may or may not have been
+// stored, and publishing it again with the same ID lets consumers
+// deduplicate. Publish waits for a lost connection to come back as long as
+// ctx allows.
+//
+// A message with DeliverAt in the future goes through the topic's schedule
+// queue for its delay (declared first when this Broker has not declared it
+// in the last ten minutes; see the package documentation); one whose
+// DeliverAt has come by the time it is sent goes to the exchange at once.
+//
+// The call hands its messages to the channel's sender (see pubStream) and
+// waits for the confirmer to have settled them all.
+func (p *publisher) Publish(ctx context.Context, topic string, msgs ...*driver.Message) error {
 	const op = "rabbitmq: publish"
-	if err := broker.Prepare(op, msgs, p.b.opts.MaxMessageSize); err != nil {
+	if err := checkName(op, "topic", topic, maxNameLen); err != nil {
 		return err
 	}
-	if topic == "" {
-		return broker.Errorf(semantics.InvalidArgument, op, "topic is empty")
+	if len(msgs) == 0 {
+		return nil
+	}
+	frameMax := p.b.pub.maxFrame()
+	for _, m := range msgs {
+		if m == nil {
+			return driver.Errorf(semantics.InvalidArgument, op, "a message is nil")
+		}
+		if err := checkMessage(op, m, frameMax); err != nil {
+			return err
+		}
 	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return broker.ErrClosed
+		return driver.ErrClosed
 	}
 	p.calls.Add(1)
 	p.mu.Unlock()
 	defer p.calls.Done()
-	if len(msgs) == 0 {
-		return nil
-	}
-	pc, err := p.channel(ctx)
+	slots, err := p.b.schedule(ctx, op, topic, msgs)
 	if err != nil {
 		return err
 	}
-	mandatory := !p.b.opts.AllowUnroutable
-	pend := make([]pending, len(msgs))
-	var failed []broker.PublishFailure
-	fail := func(i int, err error) {
-		failed = append(failed, broker.PublishFailure{Index: i, ID: msgs[i].ID, Err: err})
-	}
-	oldest := 0 // lowest index sent and not yet finished
-	finish := func(i int) {
-		pd := &pend[i]
-		pd.done = true
-		acked := pd.dc.Acked()
-		returned := mandatory && pc.settle(pd.key)
-		<-p.window
-		switch {
-		case returned:
-			fail(i, broker.Errorf(semantics.NotFound, op, "message %s is unroutable: no queue is bound to topic %q on exchange %q (no subscriber group exists yet)", msgs[i].ID, topic, p.b.opts.Exchange))
-		case !acked && pc.ch.IsClosed():
-			fail(i, broker.Errorf(semantics.Transient, op, "channel closed before the broker confirmed message %s, which may or may not be stored: %w", msgs[i].ID, pc.cause()))
-		case !acked:
-			fail(i, broker.Errorf(semantics.Transient, op, "broker nacked message %s: not stored", msgs[i].ID))
+	r := &pubReq{ctx: ctx, topic: topic, msgs: msgs, slots: slots, pend: make([]pending, len(msgs)), sending: true, done: make(chan struct{})}
+	var pc *pubChan
+	for {
+		if pc, err = p.channel(ctx); err != nil {
+			return err
 		}
-	}
-	sent := 0
-	var stop error // why the rest of msgs is not sent
-send:
-	for i, m := range msgs {
-		for {
-			var ownDone <-chan struct{}
-			if oldest < sent {
-				ownDone = pend[oldest].dc.Done()
-			}
-			select {
-			case p.window <- struct{}{}:
-			case <-ownDone:
-				finish(oldest)
-				oldest++
-				continue
-			case <-ctx.Done():
-				stop = broker.WrapError(semantics.Transient, op, ctx.Err())
-				break send
-			}
+		if pc.stream.submit(r) {
 			break
 		}
-		k := routeKey{m.ID, topic}
-		if mandatory {
-			pc.register(k)
-		}
-		dc, err := pc.ch.PublishWithDeferredConfirm(p.b.opts.Exchange, topic, mandatory, false, publishing(m))
-		if err != nil {
-			if mandatory {
-				pc.settle(k)
+		// The channel closed before its sender took the call: nothing of
+		// it was sent, so the next channel takes it.
+		p.drop(pc)
+	}
+	var failed []driver.PublishFailure
+	var sent int
+	select {
+	case <-r.done:
+		failed, sent = r.failed, r.sent
+	case <-ctx.Done():
+		r.mu.Lock()
+		failed, sent = slices.Clone(r.failed), r.sent
+		if !r.isDone {
+			// The caller stops waiting: the sender sends no more of the
+			// call, and the confirmer returns the window slots of what was
+			// sent once the broker answers or the channel closes.
+			r.abandoned = true
+			for j := r.finished; j < r.sent; j++ {
+				failed = append(failed, driver.PublishFailure{Index: j, ID: msgs[j].ID, Err: driver.Errorf(semantics.Transient, op, "message %s not confirmed before the context ended (%v); it may or may not be stored", msgs[j].ID, ctx.Err())})
 			}
-			<-p.window
-			stop = wrap(op, err)
-			p.drop(pc)
-			break
-		}
-		pend[i] = pending{dc: dc, key: k}
-		sent = i + 1
-	}
-	for i := sent; i < len(msgs) && stop != nil; i++ {
-		fail(i, stop)
-	}
-	for i := oldest; i < sent; i++ {
-		select {
-		case <-pend[i].dc.Done():
-			finish(i)
-			continue
-		case <-ctx.Done():
-		}
-		// The caller stops waiting: report the rest as unconfirmed and let
-		// a goroutine return their window slots once the broker answers or
-		// the channel closes.
-		rest := pend[i:sent]
-		for j := i; j < sent; j++ {
-			fail(j, broker.Errorf(semantics.Transient, op, "message %s not confirmed before the context ended (%v); it may or may not be stored", msgs[j].ID, ctx.Err()))
-		}
-		go func() {
-			for _, pd := range rest {
-				<-pd.dc.Done()
-				if mandatory {
-					pc.settle(pd.key)
+			if r.sending {
+				stop := driver.Canceled(op, ctx.Err())
+				for j := r.sent; j < len(msgs); j++ {
+					failed = append(failed, driver.PublishFailure{Index: j, ID: msgs[j].ID, Err: stop})
 				}
-				<-p.window
 			}
-		}()
-		break
+		}
+		r.mu.Unlock()
+	}
+	if slots != nil {
+		p.b.recordSchedule(ctx, topic, r.pend[:sent], failed)
 	}
 	if len(failed) == 0 {
 		return nil
@@ -331,12 +315,297 @@ send:
 	if pc.ch.IsClosed() {
 		p.drop(pc)
 	}
-	slices.SortFunc(failed, func(a, b broker.PublishFailure) int { return a.Index - b.Index })
-	return &broker.Error{Kind: broker.KindOf(failed[0].Err), Op: op, Err: &broker.PublishError{Failed: failed}}
+	slices.SortFunc(failed, func(a, b driver.PublishFailure) int { return a.Index - b.Index })
+	return &driver.Error{Kind: driver.KindOf(failed[0].Err), Op: op, Err: &driver.PublishError{Failed: failed}}
+}
+
+// pubReq is one Publish call on its way through a pubStream.
+type pubReq struct {
+	ctx   context.Context
+	topic string
+	msgs  []*driver.Message
+	slots []slot    // schedule queues, or nil
+	pend  []pending // pend[i] is set before msgs[i] is sent
+
+	mu        sync.Mutex
+	sent      int  // msgs[:sent] were handed to the channel
+	finished  int  // msgs[:finished] were settled (confirmed in order)
+	sending   bool // the sender is not done with the call
+	abandoned bool // the caller stopped waiting: record nothing more
+	failed    []driver.PublishFailure
+	isDone    bool
+	done      chan struct{} // closed once every message was settled
+}
+
+// doneLocked closes done once the sender is through and every message sent
+// was settled. r.mu is held.
+func (r *pubReq) doneLocked() {
+	if !r.sending && r.finished == r.sent && !r.isDone {
+		r.isDone = true
+		close(r.done)
+	}
+}
+
+// pubStream streams the publisher's messages onto one confirm-mode channel
+// the way a careful amqp091 user does: one sender goroutine publishes the
+// calls' messages back to back as long as the confirm window has room, and
+// one confirmer goroutine takes the confirmations in publish order, frees
+// each one's window slot at once and settles it for its call. Callers do
+// not touch the channel, so concurrent calls neither contend for its lock
+// nor hold window slots of confirmed messages until they are scheduled
+// again. (When 64 callers published and settled their own messages, the
+// benchmark's client CPU was 17-18 µs per message against 13-14 for
+// amqp091 streamed from one goroutine; with the sender and confirmer,
+// 13.5-14, and 8-10 with corked writes.)
+type pubStream struct {
+	p        *publisher
+	pc       *pubChan
+	dead     chan *amqp.Error // closed when the channel closes
+	wake     chan struct{}    // a call was queued
+	inflight chan inflight    // sent, to the confirmer, in publish order
+
+	mu      sync.Mutex
+	queue   []*pubReq
+	stopped bool // the channel closed: submit refuses calls
+}
+
+type inflight struct {
+	r  *pubReq
+	i  int
+	dc *amqp.DeferredConfirmation
+}
+
+func newPubStream(p *publisher, pc *pubChan) *pubStream {
+	st := &pubStream{
+		p:        p,
+		pc:       pc,
+		dead:     pc.ch.NotifyClose(make(chan *amqp.Error, 1)),
+		wake:     make(chan struct{}, 1),
+		inflight: make(chan inflight, cap(p.window)),
+	}
+	go st.send()
+	go st.confirm()
+	return st
+}
+
+// submit queues r for the sender; false when the channel closed already.
+func (st *pubStream) submit(r *pubReq) bool {
+	st.mu.Lock()
+	if st.stopped {
+		st.mu.Unlock()
+		return false
+	}
+	st.queue = append(st.queue, r)
+	st.mu.Unlock()
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// send publishes the queued calls in order until the channel closes.
+func (st *pubStream) send() {
+	defer close(st.inflight)
+	closed := false
+	for {
+		st.mu.Lock()
+		q := st.queue
+		st.queue = nil
+		if len(q) == 0 && closed {
+			st.stopped = true
+			st.mu.Unlock()
+			return
+		}
+		st.mu.Unlock()
+		if len(q) == 0 {
+			select {
+			case <-st.wake:
+			case <-st.dead:
+				closed = true
+			}
+			continue
+		}
+		st.pc.cork.cork()
+		for _, r := range q {
+			st.sendReq(r)
+		}
+		st.pc.cork.uncork()
+	}
+}
+
+// sendReq publishes r's messages, each once a window slot is free.
+func (st *pubStream) sendReq(r *pubReq) {
+	const op = "rabbitmq: publish"
+	p, pc := st.p, st.pc
+	var stop error // why the rest of r is not sent
+	for i, m := range r.msgs {
+		select {
+		case p.window <- struct{}{}:
+		default:
+			// What was sent so far leaves now, while the window is full.
+			pc.cork.uncork()
+			select {
+			case p.window <- struct{}{}:
+			case <-r.ctx.Done():
+				stop = driver.Canceled(op, r.ctx.Err())
+			case <-st.dead:
+				stop = wrap(op, pc.cause())
+			}
+			pc.cork.cork()
+		}
+		if stop != nil {
+			break
+		}
+		k := routeKey{m.ID, r.topic}
+		exchange, pb, sched := p.b.opts.Exchange, publishing(m), ""
+		if r.slots != nil && r.slots[i].queue != "" {
+			// The delay is taken now, rounded up: never early, however
+			// long the wait for the window or the declarations took.
+			if ms := millisUntil(m.DeliverAt); ms > 0 {
+				sched = r.slots[i].queue
+				exchange = p.b.schedExchange()
+				pb.Expiration = strconv.FormatInt(ms, 10)
+				pb.Headers[headerSchedule] = sched
+			}
+		}
+		r.mu.Lock()
+		if r.abandoned {
+			r.mu.Unlock()
+			<-p.window
+			break
+		}
+		r.pend[i] = pending{key: k, sched: sched}
+		r.sent = i + 1
+		r.mu.Unlock()
+		pc.register(k)
+		dc, err := pc.ch.PublishWithDeferredConfirm(exchange, r.topic, true, false, pb)
+		if err != nil {
+			pc.settle(k)
+			<-p.window
+			r.mu.Lock()
+			r.sent = i
+			r.mu.Unlock()
+			stop = wrap(op, err)
+			break
+		}
+		// Never blocks: each entry holds a window slot.
+		st.inflight <- inflight{r: r, i: i, dc: dc}
+	}
+	r.mu.Lock()
+	r.sending = false
+	if stop != nil && !r.abandoned {
+		for j := r.sent; j < len(r.msgs); j++ {
+			r.failed = append(r.failed, driver.PublishFailure{Index: j, ID: r.msgs[j].ID, Err: stop})
+		}
+	}
+	r.doneLocked()
+	r.mu.Unlock()
+}
+
+// confirm settles the sent messages in publish order as the broker
+// confirms them (or the channel closes), freeing their window slots.
+func (st *pubStream) confirm() {
+	const op = "rabbitmq: publish"
+	p, pc := st.p, st.pc
+	for f := range st.inflight {
+		<-f.dc.Done()
+		r, m := f.r, f.r.msgs[f.i]
+		acked := f.dc.Acked()
+		pd := r.pend[f.i]
+		returned := pc.settle(pd.key)
+		<-p.window
+		var err error
+		switch {
+		case returned && pd.sched != "":
+			// Unroutable through the schedule exchange: no group, or the
+			// schedule queue was deleted meanwhile (declared again next
+			// time).
+			p.b.delayQueues.drop(pd.sched)
+			err = &driver.Error{Kind: semantics.NotFound, Op: op,
+				Err: fmt.Errorf("scheduled message %s to topic %q (exchange %q, through %q and schedule queue %q): %w", m.ID, r.topic, p.b.opts.Exchange, p.b.schedExchange(), pd.sched, driver.ErrNoGroup)}
+		case returned:
+			err = &driver.Error{Kind: semantics.NotFound, Op: op,
+				Err: fmt.Errorf("message %s to topic %q (exchange %q): %w", m.ID, r.topic, p.b.opts.Exchange, driver.ErrNoGroup)}
+		case !acked && pc.ch.IsClosed():
+			err = driver.Errorf(semantics.Transient, op, "channel closed before the broker confirmed message %s, which may or may not be stored: %w", m.ID, pc.cause())
+		case !acked:
+			err = driver.Errorf(semantics.Transient, op, "broker nacked message %s: not stored", m.ID)
+		}
+		r.mu.Lock()
+		r.finished = f.i + 1
+		if err != nil && !r.abandoned {
+			r.failed = append(r.failed, driver.PublishFailure{Index: f.i, ID: m.ID, Err: err})
+		}
+		r.doneLocked()
+		r.mu.Unlock()
+	}
+}
+
+// Header frame limits. RabbitMQ refuses a frame over the frame_max
+// negotiated on the connection by closing the whole connection, and a
+// header frame cannot be split the way a body is: a message's properties
+// and headers must fit in one frame, with room for the headers RabbitMQ
+// adds on the way (x-delivery-count, x-death when it dead-letters or a
+// delay queue returns the message) and the adapter's own.
+const (
+	frameOverhead = 8 // type, channel, size, frame-end
+	// headerReserve is kept free in the header frame for the headers the
+	// broker and the adapter add after Publish.
+	headerReserve = 8 << 10
+	// publishedAtLen bounds the length of the queuekit-published-at value.
+	publishedAtLen = len("2006-01-02T15:04:05.999999999-07:00")
+)
+
+// internalHeaders are header names the adapter or RabbitMQ write and read
+// back: a user header with one of these names would be lost or would
+// change the delivery's key or attempt, so Publish refuses it.
+func internalHeader(k string) bool {
+	switch k {
+	case headerKey, driver.HeaderPublishedAt, headerBaseAttempt, headerDelayTopic, headerSchedule, "x-delivery-count", "x-death":
+		return true
+	}
+	return strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-")
+}
+
+// checkMessage refuses, before any I/O, what RabbitMQ or amqp091 cannot
+// take without closing the connection: a message ID over 255 bytes (the
+// message-id property is a short string), header names over 128 bytes or
+// that the adapter uses itself, and properties and headers that do not fit
+// one header frame of frameMax bytes (0: no limit) with headerReserve to
+// spare.
+func checkMessage(op string, m *driver.Message, frameMax int) error {
+	if len(m.ID) > maxShortstr {
+		return driver.Errorf(semantics.InvalidArgument, op, "message ID %q is %d bytes, over the 255 of the AMQP message-id property", clip(m.ID), len(m.ID))
+	}
+	// class, weight, body size, property flags, delivery mode, message-id,
+	// timestamp, and the headers table's length.
+	size := 2 + 2 + 8 + 2 + 1 + 1 + len(m.ID) + 8 + 4
+	for k, v := range m.Headers {
+		if len(k) > maxFieldName {
+			return driver.Errorf(semantics.InvalidArgument, op, "message %s: header name %q is %d bytes, over AMQP's limit of %d", m.ID, clip(k), len(k), maxFieldName)
+		}
+		if internalHeader(k) {
+			return driver.Errorf(semantics.InvalidArgument, op, "message %s: header %q is used by the RabbitMQ adapter or the broker itself", m.ID, k)
+		}
+		size += 1 + len(k) + 1 + 4 + len(v) // name, type 'S', length, value
+	}
+	if m.Key != "" {
+		size += 1 + len(headerKey) + 1 + 4 + len(m.Key)
+	}
+	size += 1 + len(driver.HeaderPublishedAt) + 1 + 4 + publishedAtLen
+	if frameMax > 0 {
+		if limit := frameMax - frameOverhead - headerReserve; size > limit {
+			return driver.Errorf(semantics.InvalidArgument, op,
+				"message %s: its %d headers, key and ID take %d bytes of AMQP header frame, over the %d that fit (frame_max %d, less %d kept for the headers RabbitMQ adds); send large metadata in the payload",
+				m.ID, len(m.Headers), size, limit, frameMax, headerReserve)
+		}
+	}
+	return nil
 }
 
 // publishing turns a message into an AMQP publishing.
-func publishing(m *broker.Message) amqp.Publishing {
+func publishing(m *driver.Message) amqp.Publishing {
 	h := make(amqp.Table, len(m.Headers)+2)
 	for k, v := range m.Headers {
 		h[k] = v
@@ -344,7 +613,7 @@ func publishing(m *broker.Message) amqp.Publishing {
 	if m.Key != "" {
 		h[headerKey] = m.Key
 	}
-	h[broker.HeaderPublishedAt] = m.PublishedAt.UTC().Format(time.RFC3339Nano)
+	h[driver.HeaderPublishedAt] = m.PublishedAt.UTC().Format(time.RFC3339Nano)
 	return amqp.Publishing{
 		Headers:      h,
 		DeliveryMode: amqp.Persistent,
@@ -354,9 +623,35 @@ func publishing(m *broker.Message) amqp.Publishing {
 	}
 }
 
-// Close waits, as long as ctx allows, for the Publish calls in progress to
-// be confirmed, then closes the channel. Publish after Close returns
-// ErrClosed.
+// As sets target, a **amqp.Channel or **amqp.Connection, to the
+// publisher's confirm-mode channel or its connection, as they are now
+// (they are replaced after a connection loss).
+func (p *publisher) As(target any) bool {
+	p.mu.Lock()
+	pc := p.cur
+	p.mu.Unlock()
+	switch t := target.(type) {
+	case **amqp.Channel:
+		if pc == nil || pc.ch.IsClosed() {
+			return false
+		}
+		*t = pc.ch
+		return true
+	case **amqp.Connection:
+		conn := p.b.pub.current()
+		if conn == nil {
+			return false
+		}
+		*t = conn
+		return true
+	}
+	return false
+}
+
+// Close makes later Publish calls return ErrClosed, waits (as long as ctx
+// allows) for the calls under way to be confirmed, then closes the
+// channel. Publish calls still waiting when ctx ends fail: their messages
+// are reported as not confirmed (they may or may not be stored).
 func (p *publisher) Close(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closed {
@@ -371,7 +666,7 @@ func (p *publisher) Close(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		err = broker.Errorf(semantics.Transient, "rabbitmq: publisher close", "publishes still unconfirmed when the context ended (they fail): %w", ctx.Err())
+		err = driver.Errorf(semantics.Transient, "rabbitmq: publisher close", "publishes still unconfirmed when the context ended (they fail): %w", ctx.Err())
 	}
 	p.mu.Lock()
 	pc := p.cur

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/internal/testenv"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -45,18 +46,27 @@ func TestRoundTripCarriesIDKeyHeadersAndPayload(t *testing.T) {
 	}
 }
 
-func TestUnroutablePublishIsNotFound(t *testing.T) {
+func TestPublishWithoutGroupIsErrNoGroup(t *testing.T) {
 	b := openBroker(t, "", Options{})
 	pub := newPub(t, b)
 	topic := uniq("nobody")
 	msgs := []*broker.Message{{Payload: []byte("a")}, {Payload: []byte("b")}}
 	err := pub.Publish(ctxT(t, 5*time.Second), topic, msgs...)
 	var pe *broker.PublishError
-	if !errors.As(err, &pe) || len(pe.Failed) != 2 || broker.KindOf(err) != semantics.NotFound {
-		t.Fatalf("Publish to a topic nobody subscribes = %v, want a PublishError of 2 NotFound failures", err)
+	if !errors.As(err, &pe) || len(pe.Failed) != 2 || broker.KindOf(err) != semantics.NotFound || !errors.Is(err, broker.ErrNoGroup) {
+		t.Fatalf("Publish to a topic nobody subscribes = %v, want a PublishError of 2 NotFound failures matching ErrNoGroup", err)
 	}
 	if pe.Failed[0].Index != 0 || pe.Failed[1].ID != msgs[1].ID {
 		t.Errorf("failures = %+v", pe.Failed)
+	}
+	for _, f := range pe.Failed {
+		if !errors.Is(f.Err, broker.ErrNoGroup) || broker.KindOf(f.Err) != semantics.NotFound {
+			t.Errorf("failure %d = %v, want NotFound matching ErrNoGroup", f.Index, f.Err)
+		}
+	}
+	single := pub.Publish(ctxT(t, 5*time.Second), topic, &broker.Message{})
+	if !errors.Is(single, broker.ErrNoGroup) || broker.KindOf(single) != semantics.NotFound {
+		t.Errorf("single Publish to a topic nobody subscribes = %v, want NotFound matching ErrNoGroup", single)
 	}
 	// The channel survives: a routable publish right after succeeds.
 	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic})
@@ -67,10 +77,46 @@ func TestUnroutablePublishIsNotFound(t *testing.T) {
 		t.Errorf("received %q, want c (the unroutable ones are gone)", m.Payload)
 	}
 
-	lax := openBroker(t, "mandatory=false", Options{})
-	if err := newPub(t, lax).Publish(ctxT(t, 5*time.Second), uniq("nobody"), &broker.Message{}); err != nil {
-		t.Errorf("mandatory=false Publish = %v, want nil", err)
+	// Dropping unroutable messages is no longer an option.
+	_, err = Dial(ctxT(t, 5*time.Second), testenv.RabbitMQ(t)+"?mandatory=false", Options{})
+	if broker.KindOf(err) != semantics.InvalidArgument || !strings.Contains(err.Error(), "mandatory=false") {
+		t.Errorf("Dial with mandatory=false = %v, want InvalidArgument", err)
 	}
+}
+
+// Declare makes a topic's groups exist before any subscriber: messages
+// published afterwards wait in each group's queue.
+func TestDeclareBeforeSubscribing(t *testing.T) {
+	b := openBroker(t, "", Options{})
+	topic := uniq("declare")
+	ctx := ctxT(t, 20*time.Second)
+	if err := b.Declare(ctx, topic, "a", "b"); err != nil {
+		t.Fatalf("Declare: %v", err)
+	}
+	if err := b.Declare(ctx, topic, "a", "b"); err != nil {
+		t.Fatalf("Declare again (idempotent): %v", err)
+	}
+	if err := newPub(t, b).Publish(ctx, topic, &broker.Message{ID: "early"}); err != nil {
+		t.Fatalf("Publish after Declare: %v", err)
+	}
+	for _, g := range []string{"a", "b"} {
+		if m := receive(t, newSub(t, b, broker.SubscriberOptions{Topic: topic, Group: g}), 5*time.Second).Message(); m.ID != "early" {
+			t.Errorf("group %s received %q", g, m.ID)
+		}
+	}
+	// A group first declared by a subscriber with its own queue arguments
+	// is kept as it is by Declare.
+	newSub(t, b, broker.SubscriberOptions{Topic: topic, Group: "c", MaxAttempts: 3, Ordering: semantics.PerKey})
+	if err := b.Declare(ctx, topic, "c"); err != nil {
+		t.Errorf("Declare of a group declared with MaxAttempts and PerKey: %v", err)
+	}
+	// DeclareSubscription declares with a subscriber's arguments.
+	rb := rabbit(t, b)
+	opts := broker.SubscriberOptions{Topic: topic, Group: "d", MaxAttempts: 2}
+	if err := rb.DeclareSubscription(ctx, opts); err != nil {
+		t.Fatalf("DeclareSubscription: %v", err)
+	}
+	newSub(t, b, opts) // same arguments: no mismatch
 }
 
 func TestNackDelayWaitsThenCountsAttempts(t *testing.T) {
@@ -117,7 +163,7 @@ func TestDelayMillis(t *testing.T) {
 }
 
 // dead-letter queue of group g for topic: declared with the group's queue.
-func dlqSub(t *testing.T, b *Broker, topic, group string) broker.Subscriber {
+func dlqSub(t *testing.T, b *broker.Broker, topic, group string) *broker.Subscriber {
 	return newSub(t, b, broker.SubscriberOptions{Topic: topic + ".dlq", Group: group})
 }
 
@@ -198,11 +244,29 @@ func TestAckTimeoutRequeues(t *testing.T) {
 }
 
 func TestPerKeyOrderingUsesOneActiveConsumer(t *testing.T) {
+	t.Run("single-active-consumer", func(t *testing.T) { testOneActiveConsumer(t, false, false) })
+	// A group declared by Declare has no single-active-consumer argument:
+	// its ordered subscribers take turns through the group's activity
+	// lock, within one connection and across connections.
+	t.Run("declared-first", func(t *testing.T) { testOneActiveConsumer(t, true, false) })
+	t.Run("declared-first-two-connections", func(t *testing.T) { testOneActiveConsumer(t, true, true) })
+}
+
+func testOneActiveConsumer(t *testing.T, declare, twoConnections bool) {
 	b := openBroker(t, "", Options{})
+	b2 := b
+	if twoConnections {
+		b2 = openBroker(t, "", Options{})
+	}
 	topic := uniq("sac")
 	opts := broker.SubscriberOptions{Topic: topic, Group: "g", Ordering: semantics.PerKey, Prefetch: 5}
+	if declare {
+		if err := b.Declare(ctxT(t, 5*time.Second), topic, "g"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	first := newSub(t, b, opts)
-	second, err := b.NewSubscriber(ctxT(t, 5*time.Second), opts)
+	second, err := b2.NewSubscriber(ctxT(t, 5*time.Second), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,11 +318,11 @@ func TestPerKeyOrderingUsesOneActiveConsumer(t *testing.T) {
 func TestInspectReportsDepthAndConsumers(t *testing.T) {
 	b := openBroker(t, "", Options{})
 	topic := uniq("inspect")
-	if _, err := b.Inspect(ctxT(t, 5*time.Second), topic, "g"); broker.KindOf(err) != semantics.NotFound {
+	if _, err := rabbit(t, b).Inspect(ctxT(t, 5*time.Second), topic, "g"); broker.KindOf(err) != semantics.NotFound {
 		t.Errorf("Inspect of a missing queue = %v, want NotFound", err)
 	}
 	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic, Group: "g"})
-	if info, err := b.Inspect(ctxT(t, 5*time.Second), topic, "g"); err != nil || info.Consumers != 1 || info.Queue != topic+".g" {
+	if info, err := rabbit(t, b).Inspect(ctxT(t, 5*time.Second), topic, "g"); err != nil || info.Consumers != 1 || info.Queue != topic+".g" {
 		t.Errorf("Inspect = %+v, %v; want queue %s.g with 1 consumer", info, err, topic)
 	}
 	_ = sub.Close(context.Background())
@@ -273,7 +337,7 @@ func TestInspectReportsDepthAndConsumers(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for { // the queue's counters lag the confirms a little
 		var err error
-		if info, err = b.Inspect(ctxT(t, 5*time.Second), topic, "g"); err != nil {
+		if info, err = rabbit(t, b).Inspect(ctxT(t, 5*time.Second), topic, "g"); err != nil {
 			t.Fatal(err)
 		}
 		if info.Messages == 7 || time.Now().After(deadline) {
@@ -284,13 +348,13 @@ func TestInspectReportsDepthAndConsumers(t *testing.T) {
 	if info.Messages != 7 || info.Consumers != 0 {
 		t.Errorf("Inspect = %+v, want 7 messages and no consumer", info)
 	}
-	if bl, err := b.Backlog(ctxT(t, 5*time.Second), topic, "g"); err != nil || bl.Pending != 7 || bl.Consumers != 0 || bl.InFlight != -1 {
+	if bl, err := rabbit(t, b).Backlog(ctxT(t, 5*time.Second), topic, "g"); err != nil || bl.Pending != 7 || bl.Consumers != 0 || bl.InFlight != -1 {
 		t.Errorf("Backlog = %+v, %v", bl, err)
 	}
-	if err := b.DeleteSubscription(ctxT(t, 5*time.Second), topic, "g"); err != nil {
+	if err := rabbit(t, b).DeleteSubscription(ctxT(t, 5*time.Second), topic, "g"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Inspect(ctxT(t, 5*time.Second), topic, "g"); broker.KindOf(err) != semantics.NotFound {
+	if _, err := rabbit(t, b).Inspect(ctxT(t, 5*time.Second), topic, "g"); broker.KindOf(err) != semantics.NotFound {
 		t.Errorf("Inspect after DeleteSubscription = %v, want NotFound", err)
 	}
 }
@@ -359,10 +423,10 @@ func TestSubscriberRedeclaresADeletedQueue(t *testing.T) {
 	b := openBroker(t, "", Options{})
 	topic := uniq("deleted")
 	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic, Group: "g"})
-	if err := b.DeleteSubscription(ctxT(t, 5*time.Second), topic, "g"); err != nil {
+	if err := rabbit(t, b).DeleteSubscription(ctxT(t, 5*time.Second), topic, "g"); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan broker.Delivery, 1)
+	got := make(chan *broker.Delivery, 1)
 	go func() {
 		if d, err := sub.Receive(ctxT(t, 10*time.Second)); err == nil {
 			got <- d

@@ -15,13 +15,13 @@ import (
 )
 
 func TestURLParameters(t *testing.T) {
-	cfg, err := parseURL("amqps://u:p@h:1234/v%2Fx?exchange=ex&exchange_type=topic&queue_type=classic&prefetch=7&confirm_window=9&passive=1&mandatory=false&max_message_size=100&connection_name=app&heartbeat=3s&connect_timeout=2s&reconnect_max_wait=1s&server_name_indication=sni", Options{Prefetch: 1})
+	cfg, err := parseURL("amqps://u:p@h:1234/v%2Fx?exchange=ex&exchange_type=topic&queue_type=classic&prefetch=7&confirm_window=9&passive=1&mandatory=true&max_message_size=100&connection_name=app&registry=false&heartbeat=3s&connect_timeout=2s&reconnect_max_wait=1s&server_name_indication=sni", Options{Prefetch: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	o := cfg.opts
 	if o.Exchange != "ex" || o.ExchangeType != "topic" || o.QueueType != Classic || o.Prefetch != 7 || o.ConfirmWindow != 9 ||
-		!o.Passive || !o.AllowUnroutable || o.MaxMessageSize != 100 || o.ConnectionName != "app" || o.ReconnectMaxWait != time.Second {
+		!o.Passive || o.MaxMessageSize != 100 || o.ConnectionName != "app" || !o.NoRegistry || o.ReconnectMaxWait != time.Second {
 		t.Errorf("options = %+v", o)
 	}
 	if cfg.uri.Host != "h" || cfg.uri.Port != 1234 || cfg.amqp.Vhost != "v/x" || cfg.amqp.Heartbeat != 3*time.Second ||
@@ -41,9 +41,9 @@ func TestURLErrors(t *testing.T) {
 	for url, want := range map[string]string{
 		"amqp://h/?prefech=1":                 "unknown URL parameter(s) prefech (valid: cacertfile, certfile, confirm_window,",
 		"amqp://h/?prefetch=lots":             `prefetch="lots" is not an integer`,
-		"amqp://h/?prefetch=70000":            "prefetch 70000",
-		"amqp://h/?exchange_type=fanout":      `exchange type "fanout"`,
-		"amqp://h/?queue_type=stream":         `queue type "stream"`,
+		"amqp://h/?prefetch=70000":            "prefetch=70000 is out of range",
+		"amqp://h/?exchange_type=fanout":      `exchange_type="fanout" is not one of direct, topic`,
+		"amqp://h/?queue_type=stream":         `queue_type="stream" is not one of quorum, classic`,
 		"amqp://h/?cacertfile=/x.pem":         "need an amqps:// URL",
 		"amqps://h/?certfile=/c.pem":          "certfile and keyfile go together",
 		"amqps://h/?cacertfile=/nonexistent":  "cacertfile",
@@ -125,8 +125,9 @@ func TestOpenRegistersSchemes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close(context.Background())
-	if rb, ok := b.(*Broker); !ok || rb.opts.Prefetch != 10 {
-		t.Errorf("Open returned %T %+v", b, b)
+	var rb *Broker
+	if !b.As(&rb) || rb.opts.Prefetch != 10 {
+		t.Errorf("Open returned %v, whose driver is %+v", b, rb)
 	}
 }
 
@@ -139,10 +140,11 @@ func TestNewUsesAnExistingConnection(t *testing.T) {
 	defer conn.Close()
 	c := &cleanup{}
 	t.Cleanup(func() { c.run(t, url) })
-	b, err := New(conn, Options{OnDeclare: c.add})
+	rb, err := New(conn, Options{OnDeclare: c.add})
 	if err != nil {
 		t.Fatal(err)
 	}
+	b := broker.New(rb)
 	topic := uniq("new")
 	sub := newSub(t, b, broker.SubscriberOptions{Topic: topic})
 	if err := newPub(t, b).Publish(ctxT(t, 5*time.Second), topic, &broker.Message{ID: "n"}); err != nil {

@@ -3,7 +3,6 @@ package sqs
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -13,7 +12,7 @@ import (
 	awssqs "github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -53,10 +52,10 @@ type QueueInfo struct {
 func (b *Broker) EnsureQueue(ctx context.Context, name string, spec QueueSpec) (QueueInfo, error) {
 	const op = "sqs: ensure queue"
 	if spec.DeadLetterQueue != "" && spec.MaxReceiveCount <= 0 {
-		return QueueInfo{}, broker.Errorf(semantics.InvalidArgument, op, "MaxReceiveCount must be > 0 with a DeadLetterQueue")
+		return QueueInfo{}, driver.Errorf(semantics.InvalidArgument, op, "MaxReceiveCount must be > 0 with a DeadLetterQueue")
 	}
 	if name == "" {
-		return QueueInfo{}, broker.Errorf(semantics.InvalidArgument, op, "queue name is empty")
+		return QueueInfo{}, driver.Errorf(semantics.InvalidArgument, op, "queue name is empty")
 	}
 	if spec.FIFO && !isQueueURL(name) && !strings.HasSuffix(name, fifoSuffix) {
 		name += fifoSuffix
@@ -120,7 +119,7 @@ func (b *Broker) ensureQueue(ctx context.Context, name string, vis time.Duration
 			attrs[string(types.QueueAttributeNameFifoQueue)] = "true"
 		}
 		if vis > 0 {
-			attrs[string(types.QueueAttributeNameVisibilityTimeout)] = strconv.Itoa(int(ceilSeconds(vis, 0, maxVisibility)))
+			attrs[string(types.QueueAttributeNameVisibilityTimeout)] = strconv.Itoa(int(ceilSeconds(vis, 0, maxVisibilitySecs)))
 		}
 		// 1 MiB, so that a binary payload of 256 KiB fits base64-encoded.
 		attrs[string(types.QueueAttributeNameMaximumMessageSize)] = strconv.Itoa(WireLimit)
@@ -135,7 +134,7 @@ func (b *Broker) ensureQueue(ctx context.Context, name string, vis time.Duration
 		}
 		u, created = aws.ToString(cout.QueueUrl), true
 	case kindOf(err) == semantics.NotFound:
-		return "", false, broker.Errorf(semantics.NotFound, "sqs: queue "+name, "queue does not exist (and the broker was opened with create=false)")
+		return "", false, noGroup("sqs: queue "+name, "queue does not exist (and the broker was opened with create=false)")
 	default:
 		return "", false, wrap("sqs: queue "+name, err)
 	}
@@ -214,6 +213,10 @@ func (b *Broker) QueueDepth(ctx context.Context, queue string) (Depth, error) {
 			types.QueueAttributeNameApproximateNumberOfMessagesDelayed,
 		},
 	})
+	if kindOf(err) == semantics.NotFound {
+		b.forgetURL(u)
+		return Depth{}, noGroup(op, "queue %s does not exist", queue)
+	}
 	if err != nil {
 		return Depth{}, wrap(op, err)
 	}
@@ -234,7 +237,8 @@ func (b *Broker) Depth(ctx context.Context, topic, group string) (Depth, error) 
 	return b.QueueDepth(ctx, b.SubscriptionQueue(topic, group))
 }
 
-// existingQueue resolves a queue name or URL without creating anything.
+// existingQueue resolves a queue name or URL without creating anything; a
+// missing queue is a NotFound error matching driver.ErrNoGroup.
 func (b *Broker) existingQueue(ctx context.Context, queue string) (string, error) {
 	if isQueueURL(queue) {
 		return queue, nil
@@ -246,138 +250,27 @@ func (b *Broker) existingQueue(ctx context.Context, queue string) (string, error
 		return u, nil
 	}
 	out, err := b.client.GetQueueUrl(ctx, &awssqs.GetQueueUrlInput{QueueName: &queue})
+	if kindOf(err) == semantics.NotFound {
+		return "", noGroup("sqs: queue "+queue, "queue %s does not exist (declare it, or subscribe first)", queue)
+	}
 	if err != nil {
 		return "", wrap("sqs: queue "+queue, err)
 	}
-	return aws.ToString(out.QueueUrl), nil
+	u = aws.ToString(out.QueueUrl)
+	b.mu.Lock()
+	b.urls[queue] = u
+	b.mu.Unlock()
+	return u, nil
 }
 
-// RedriveOptions tune Redrive.
-type RedriveOptions struct {
-	// Max is the most messages to move; 0 means as many as the
-	// dead-letter queue held (visible) when Redrive started, so that
-	// messages that fail again and come back are not moved in a loop.
-	Max int
-	// VisibilityTimeout hides each message being moved from other
-	// consumers of the dead-letter queue; default 30s.
-	VisibilityTimeout time.Duration
-}
-
-// Redrive moves messages from dead-letter queue dlq back to queue source
-// (each a queue name or URL), ten at a time: it sends each message's body
-// and message attributes unchanged (so its ID, key and headers survive) and
-// deletes it from dlq only after SQS accepted the send. A message whose
-// send fails stays in dlq, visible again at once, and Redrive stops with
-// the error. On a FIFO source the message keeps its MessageGroupId and gets
-// a fresh MessageDeduplicationId, so that the queue's five-minute
-// deduplication does not drop it. Redrive returns how many messages it
-// moved.
-func (b *Broker) Redrive(ctx context.Context, dlq, source string, opts RedriveOptions) (int, error) {
-	const op = "sqs: redrive"
-	if opts.Max < 0 || opts.VisibilityTimeout < 0 {
-		return 0, broker.Errorf(semantics.InvalidArgument, op, "Max and VisibilityTimeout must not be negative")
-	}
-	vis := DefaultVisibilityTimeout
-	if opts.VisibilityTimeout > 0 {
-		vis = opts.VisibilityTimeout
-	}
-	dlqURL, err := b.existingQueue(ctx, dlq)
-	if err != nil {
-		return 0, err
-	}
-	srcURL, err := b.existingQueue(ctx, source)
-	if err != nil {
-		return 0, err
-	}
-	limit := opts.Max
-	if limit == 0 {
-		d, err := b.QueueDepth(ctx, dlqURL)
-		if err != nil {
-			return 0, err
-		}
-		limit = int(d.Visible)
-	}
-	fifo := strings.HasSuffix(srcURL, fifoSuffix)
-	moved := 0
-	for moved < limit {
-		out, err := b.client.ReceiveMessage(ctx, &awssqs.ReceiveMessageInput{
-			QueueUrl:                    &dlqURL,
-			MaxNumberOfMessages:         int32(min(limit-moved, maxBatchEntries)),
-			VisibilityTimeout:           ceilSeconds(vis, 1, maxVisibility),
-			MessageAttributeNames:       []string{"All"},
-			MessageSystemAttributeNames: []types.MessageSystemAttributeName{types.MessageSystemAttributeNameMessageGroupId},
-		})
-		if err != nil {
-			return moved, wrap(op+": receive from "+dlq, err)
-		}
-		if len(out.Messages) == 0 {
-			return moved, nil
-		}
-		n, err := b.redriveBatch(ctx, dlqURL, srcURL, fifo, out.Messages)
-		moved += n
-		if err != nil {
-			return moved, err
+// forgetURL drops the cached name of the queue at u, after a NotFound.
+func (b *Broker) forgetURL(u string) {
+	b.mu.Lock()
+	for name, cached := range b.urls {
+		if cached == u {
+			delete(b.urls, name)
 		}
 	}
-	return moved, nil
-}
-
-// redriveBatch sends msgs to srcURL and deletes from dlqURL those sent.
-func (b *Broker) redriveBatch(ctx context.Context, dlqURL, srcURL string, fifo bool, msgs []types.Message) (int, error) {
-	const op = "sqs: redrive"
-	entries := make([]types.SendMessageBatchRequestEntry, len(msgs))
-	for i, m := range msgs {
-		entries[i] = types.SendMessageBatchRequestEntry{Id: &batchIDs[i], MessageBody: m.Body, MessageAttributes: m.MessageAttributes}
-		if fifo {
-			group := m.Attributes[string(types.MessageSystemAttributeNameMessageGroupId)]
-			if group == "" {
-				group = aws.ToString(m.MessageId)
-			}
-			entries[i].MessageGroupId = aws.String(group)
-			entries[i].MessageDeduplicationId = aws.String(broker.NewID())
-		}
-	}
-	sent := make([]bool, len(msgs))
-	var sendErr error
-	out, err := b.client.SendMessageBatch(ctx, &awssqs.SendMessageBatchInput{QueueUrl: &srcURL, Entries: entries})
-	if err != nil {
-		sendErr = wrap(op+": send", err)
-	} else {
-		for _, s := range out.Successful {
-			if i, err := strconv.Atoi(aws.ToString(s.Id)); err == nil && i < len(msgs) {
-				sent[i] = true
-			}
-		}
-		for _, f := range out.Failed {
-			sendErr = errors.Join(sendErr, entryError(op+": send", aws.ToString(f.Code), aws.ToString(f.Message), f.SenderFault))
-		}
-	}
-	var del []types.DeleteMessageBatchRequestEntry
-	var back []types.ChangeMessageVisibilityBatchRequestEntry
-	for i, m := range msgs {
-		if sent[i] {
-			del = append(del, types.DeleteMessageBatchRequestEntry{Id: &batchIDs[i], ReceiptHandle: m.ReceiptHandle})
-		} else {
-			back = append(back, types.ChangeMessageVisibilityBatchRequestEntry{Id: &batchIDs[i], ReceiptHandle: m.ReceiptHandle})
-		}
-	}
-	if len(back) > 0 {
-		// Not sent: make them visible in the dead-letter queue again now.
-		_, _ = b.client.ChangeMessageVisibilityBatch(ctx, &awssqs.ChangeMessageVisibilityBatchInput{QueueUrl: &dlqURL, Entries: back})
-	}
-	moved := 0
-	if len(del) > 0 {
-		dout, err := b.client.DeleteMessageBatch(ctx, &awssqs.DeleteMessageBatchInput{QueueUrl: &dlqURL, Entries: del})
-		if err != nil {
-			return 0, errors.Join(sendErr, wrap(op+": delete from the dead-letter queue after sending (the sent copies are in the source queue; these stay in the dead-letter queue too)", err))
-		}
-		moved = len(dout.Successful)
-		for _, f := range dout.Failed {
-			sendErr = errors.Join(sendErr, entryError(op+": delete", aws.ToString(f.Code), aws.ToString(f.Message), f.SenderFault))
-		}
-	}
-	if sendErr != nil {
-		return moved, &broker.Error{Kind: kindOf(sendErr), Op: op, Err: sendErr}
-	}
-	return moved, nil
+	delete(b.arns, u)
+	b.mu.Unlock()
 }

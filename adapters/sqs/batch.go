@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/queuekit/queuekit/broker/driver"
 )
 
 // Batch limits of SQS and SNS: entries per request and bytes per request.
@@ -15,11 +17,14 @@ const (
 // job is one entry waiting for a batch request. finish is called exactly
 // once with the entry's own result.
 type job[T any] struct {
-	ctx    context.Context
-	v      T
-	size   int
-	finish func(error)
-	chunk  int // at the first job of a chunk: how many jobs it has
+	ctx  context.Context
+	v    T
+	size int
+	// deadline, when set, is when the entry's request must have been
+	// answered (see delivery.Ack under at-most-once).
+	deadline time.Time
+	finish   func(error)
+	chunk    int // at the first job of a chunk: how many jobs it has
 }
 
 // batcher gathers entries from concurrent callers into batch requests of
@@ -50,11 +55,11 @@ func newBatcher[T any](maxInflight, maxBytes int, timeout time.Duration, send fu
 }
 
 // submitAndWait submits jobs and waits until done is closed (the jobs'
-// finish functions close it) or ctx ends. When a request may start, the
+// finish functions close it), ctx ends or abort is closed (ErrClosed). When a request may start, the
 // caller sends it itself rather than handing it to a new goroutine, and
 // goes on sending pending batches until its own jobs are done: under load
 // that saves a goroutine hand-off on each side of every request.
-func (b *batcher[T]) submitAndWait(ctx context.Context, jobs []*job[T], done <-chan struct{}) error {
+func (b *batcher[T]) submitAndWait(ctx context.Context, jobs []*job[T], done, abort <-chan struct{}) error {
 	if n := b.enqueue(jobs); n > 0 {
 		for range n - 1 {
 			go b.run(nil)
@@ -66,6 +71,13 @@ func (b *batcher[T]) submitAndWait(ctx context.Context, jobs []*job[T], done <-c
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-abort:
+		select {
+		case <-done: // finished meanwhile: its results stand
+			return nil
+		default:
+		}
+		return driver.ErrClosed
 	}
 }
 
@@ -105,12 +117,21 @@ func (b *batcher[T]) enqueue(jobs []*job[T]) int {
 	return start
 }
 
-// do submits one entry and waits for its result, or for ctx.
-func (b *batcher[T]) do(ctx context.Context, v T, size int) error {
+// submit queues jobs without waiting for them: their finish functions
+// report the results.
+func (b *batcher[T]) submit(jobs ...*job[T]) {
+	for range b.enqueue(jobs) {
+		go b.run(nil)
+	}
+}
+
+// do submits one entry and waits for its result, or for ctx. A non-zero
+// deadline bounds the request that carries it.
+func (b *batcher[T]) do(ctx context.Context, v T, deadline time.Time) error {
 	var res error
 	done := make(chan struct{})
-	j := &job[T]{ctx: ctx, v: v, size: size, finish: func(err error) { res = err; close(done) }, chunk: 1}
-	if err := b.submitAndWait(ctx, []*job[T]{j}, done); err != nil {
+	j := &job[T]{ctx: ctx, v: v, deadline: deadline, finish: func(err error) { res = err; close(done) }, chunk: 1}
+	if err := b.submitAndWait(ctx, []*job[T]{j}, done, nil); err != nil {
 		return err
 	}
 	return res
@@ -151,10 +172,21 @@ func (b *batcher[T]) run(until <-chan struct{}) {
 		b.mu.Unlock()
 
 		live := batch[:0]
+		var deadline time.Time
+		now := time.Now()
 		for _, j := range batch {
 			if err := j.ctx.Err(); err != nil {
 				j.finish(err) // its caller gave up before it was sent
 				continue
+			}
+			if !j.deadline.IsZero() {
+				if !j.deadline.After(now) {
+					j.finish(context.DeadlineExceeded)
+					continue
+				}
+				if deadline.IsZero() || j.deadline.Before(deadline) {
+					deadline = j.deadline
+				}
 			}
 			live = append(live, j)
 		}
@@ -162,11 +194,21 @@ func (b *batcher[T]) run(until <-chan struct{}) {
 			continue
 		}
 		// The request outlives no caller's patience by more than timeout,
-		// and one caller giving up does not abort the others' entries.
+		// and one caller giving up does not abort the others' entries; it
+		// ends by the earliest deadline of its entries.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(live[0].ctx), b.timeout)
+		if !deadline.IsZero() {
+			ctx, cancel = withDeadline(ctx, cancel, deadline)
+		}
 		b.send(ctx, live)
 		cancel()
 	}
+}
+
+// withDeadline bounds ctx (whose cancel is cancel) by deadline too.
+func withDeadline(ctx context.Context, cancel context.CancelFunc, deadline time.Time) (context.Context, context.CancelFunc) {
+	dctx, dcancel := context.WithDeadline(ctx, deadline)
+	return dctx, func() { dcancel(); cancel() }
 }
 
 // leave takes a runner out of flight that stops with batches pending,

@@ -14,17 +14,17 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 )
 
 // Message attributes that carry queuekit's own fields. Every other
 // attribute is a header.
 const (
-	// AttrID carries Message.ID (broker.HeaderID).
-	AttrID = broker.HeaderID
+	// AttrID carries Message.ID (driver.HeaderID).
+	AttrID = driver.HeaderID
 	// AttrPublishedAt carries Message.PublishedAt, RFC 3339 with
-	// nanoseconds (broker.HeaderPublishedAt).
-	AttrPublishedAt = broker.HeaderPublishedAt
+	// nanoseconds (driver.HeaderPublishedAt).
+	AttrPublishedAt = driver.HeaderPublishedAt
 	// AttrKey carries a non-empty Message.Key.
 	AttrKey = "queuekit-key"
 	// AttrEncoding is "base64" when the body is the base64 encoding of a
@@ -65,6 +65,9 @@ type encoded struct {
 	group string // FIFO MessageGroupId
 	dedup string // FIFO MessageDeduplicationId
 	size  int    // as SQS counts it: body plus attribute names, types and values
+	// deliverAt is the message's earliest delivery time (zero: at once);
+	// the delay is computed when the batch is sent.
+	deliverAt time.Time
 }
 
 // encode turns m into an SQS message: the payload as the body (base64 when
@@ -73,8 +76,8 @@ type encoded struct {
 // allows, the rest packed into AttrHeaders. On a FIFO queue the key is the
 // MessageGroupId (the ID when the key is empty, so keyless messages are not
 // serialised behind each other) and the ID is the MessageDeduplicationId.
-func encode(m *broker.Message, fifo bool) encoded {
-	e := encoded{attrs: make(map[string]types.MessageAttributeValue, 3+len(m.Headers))}
+func encode(m *driver.Message, fifo bool) encoded {
+	e := encoded{attrs: make(map[string]types.MessageAttributeValue, 3+len(m.Headers)), deliverAt: m.DeliverAt}
 	switch {
 	case len(m.Payload) == 0:
 		e.body = emptyBody
@@ -200,8 +203,8 @@ func fifoID(s string) string {
 // the MessageGroupId as their key and SentTimestamp as PublishedAt. It
 // always returns a message; the error says what did not decode (the
 // payload is then the raw body).
-func decode(sm types.Message, topic string) (m *broker.Message, derr error) {
-	m = &broker.Message{Topic: topic}
+func decode(sm types.Message, topic string) (m *driver.Message, derr error) {
+	m = &driver.Message{Topic: topic}
 	body := aws.ToString(sm.Body)
 	attrs := sm.MessageAttributes
 	switch enc := attrString(attrs, AttrEncoding); enc {
@@ -257,7 +260,7 @@ func decode(sm types.Message, topic string) (m *broker.Message, derr error) {
 	return m, derr
 }
 
-func unpack(v types.MessageAttributeValue, m *broker.Message) error {
+func unpack(v types.MessageAttributeValue, m *driver.Message) error {
 	if m.Headers == nil {
 		m.Headers = make(map[string]string)
 	}

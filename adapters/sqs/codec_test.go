@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 )
 
 // wire turns an encoded message into what ReceiveMessage returns for it.
@@ -25,7 +26,7 @@ func wire(e encoded, receives int) types.Message {
 
 func roundTrip(t *testing.T, m *broker.Message, fifo bool) *broker.Message {
 	t.Helper()
-	if err := broker.Prepare("test", []*broker.Message{m}, 0); err != nil {
+	if err := driver.Prepare("test", []*broker.Message{m}, 0); err != nil {
 		t.Fatal(err)
 	}
 	e := encode(m, fifo)

@@ -4,17 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"syscall"
 
 	"github.com/aws/smithy-go"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
 // kindOf classifies an error from the AWS SDK.
 func kindOf(err error) semantics.Kind {
-	if k := broker.KindOf(err); k != semantics.Unknown {
+	if k := driver.KindOf(err); k != semantics.Unknown {
 		return k
 	}
 	var ae smithy.APIError
@@ -23,7 +25,11 @@ func kindOf(err error) semantics.Kind {
 	}
 	var ne net.Error
 	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne):
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne),
+		// A connection that broke mid-response: the request may or may
+		// not have been carried out, and trying again is the remedy.
+		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		return semantics.Transient
 	case errors.Is(err, context.Canceled):
 		return semantics.Unknown
@@ -58,15 +64,22 @@ func codeKind(code string, serverFault bool) semantics.Kind {
 	return semantics.Permanent
 }
 
-// wrap returns err from the SDK as a *broker.Error of its kind.
+// wrap returns err from the SDK as a *driver.Error of its kind.
 func wrap(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return &broker.Error{Kind: kindOf(err), Op: op, Err: err}
+	return &driver.Error{Kind: kindOf(err), Op: op, Err: err}
 }
 
 // entryError is the error of one failed batch entry.
 func entryError(op, code, msg string, senderFault bool) error {
-	return &broker.Error{Kind: codeKind(code, !senderFault), Op: op, Err: fmt.Errorf("%s: %s", code, msg)}
+	return &driver.Error{Kind: codeKind(code, !senderFault), Op: op, Err: fmt.Errorf("%s: %s", code, msg)}
+}
+
+// noGroup is the NotFound error of a queue or SNS topic that does not
+// exist (or has no subscription), matching driver.ErrNoGroup: a message
+// sent there would reach no group.
+func noGroup(op, format string, args ...any) error {
+	return &driver.Error{Kind: semantics.NotFound, Op: op, Err: fmt.Errorf(format+": %w", append(args, driver.ErrNoGroup)...)}
 }

@@ -55,35 +55,44 @@ func ExampleNew() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	b, err := qsqs.New(awssqs.NewFromConfig(cfg), qsqs.Options{
+	qb, err := qsqs.New(awssqs.NewFromConfig(cfg), qsqs.Options{
 		SNS:               sns.NewFromConfig(cfg), // fan-out; leave nil for plain queues
 		VisibilityTimeout: time.Minute,
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
+	b := broker.New(qb)
+	defer b.Close(ctx)
 	fmt.Println(b.Capabilities().FanOut)
 }
 
-// Dead letters go back to their queue with body and attributes intact; the
-// queue depth tells how far behind consumers are.
+// Dead letters go back to their queue with their body, ID, key and headers
+// (a new queuekit-published-at, and queuekit-redrives counting the
+// redrives, as with `queuekit redrive`); the result says what is left in
+// the dead-letter queue, and the backlog how far behind consumers are.
 func ExampleBroker_Redrive() {
 	ctx := context.Background()
 	bb, err := broker.Open(ctx, "sqs://?region=eu-west-1")
 	if err != nil {
 		log.Fatal(err)
 	}
-	b := bb.(*qsqs.Broker)
+	defer bb.Close(ctx)
+	var b *qsqs.Broker
+	bb.As(&b)
 	opts := broker.SubscriberOptions{Topic: "orders", MaxAttempts: 5}
-	moved, err := b.Redrive(ctx, b.DeadLetterQueue(opts), b.SubscriptionQueue("orders", ""), qsqs.RedriveOptions{})
+	res, err := b.Redrive(ctx, b.DeadLetterQueue(opts), b.SubscriptionQueue("orders", ""), qsqs.RedriveOptions{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	depth, err := b.Depth(ctx, "orders", "")
+	if !res.Done() {
+		fmt.Println(res.Left.InFlight, "dead letters in flight: run again when they are visible")
+	}
+	lag, err := bb.Backlog(ctx, "orders", "default")
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(moved, "moved back;", depth.Visible, "waiting,", depth.InFlight, "in flight")
+	fmt.Println(res.Moved, "moved back;", lag.Pending, "waiting,", lag.InFlight, "in flight")
 }
 
 // How queuekit names map to SQS queues and SNS topics.

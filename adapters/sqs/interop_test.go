@@ -54,11 +54,11 @@ func needAWSCLI(t *testing.T) {
 func TestInteropWithAWSCLI(t *testing.T) {
 	t.Parallel()
 	needAWSCLI(t)
-	b := open(t, "")
+	b, qb := open(t, "")
 	ep := testenv.SQS(t)
 	tp := topic(t)
 	sub := subscribe(t, b, broker.SubscriberOptions{Topic: tp})
-	queueURL := sub.QueueURL()
+	queueURL := sqsSubscriber(t, sub).QueueURL()
 
 	// CLI -> queuekit.
 	var sent struct{ MessageId string }
@@ -84,7 +84,7 @@ func TestInteropWithAWSCLI(t *testing.T) {
 
 	// queuekit -> CLI, on a queue nobody else reads.
 	tp = topic(t)
-	plain, err := b.EnsureQueue(context.Background(), qsqs.QueueName(tp, false), qsqs.QueueSpec{})
+	plain, err := qb.EnsureQueue(context.Background(), qsqs.QueueName(tp, false), qsqs.QueueSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestInteropWithAWSCLI(t *testing.T) {
 func TestInteropSNSPublishFromCLI(t *testing.T) {
 	t.Parallel()
 	needAWSCLI(t)
-	b := open(t, "fanout=true")
+	b, _ := open(t, "fanout=true")
 	ep := testenv.SQS(t)
 	tp := topic(t)
 	sub := subscribe(t, b, broker.SubscriberOptions{Topic: tp, Group: "billing"})

@@ -2,9 +2,12 @@ package sqs
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sort"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
@@ -12,7 +15,7 @@ import (
 	awssqs "github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -32,48 +35,54 @@ var batchIDs = func() (ids [maxBatchEntries]string) {
 // SNS PublishBatch in fan-out mode), gathering the messages of concurrent
 // Publish calls to the same topic into batches of up to 10 entries and
 // 256 KiB.
-func (b *Broker) NewPublisher(ctx context.Context) (broker.Publisher, error) {
-	if err := b.checkOpen("sqs: new publisher"); err != nil {
-		return nil, err
-	}
-	return &Publisher{b: b}, nil
+func (b *Broker) NewPublisher(ctx context.Context) (driver.Publisher, error) {
+	return &Publisher{b: b, abort: make(chan struct{})}, nil
 }
 
 // Publisher sends to SQS queues, or SNS topics in fan-out mode. It is safe
 // for concurrent use.
 type Publisher struct {
 	b      *Broker
+	abort  chan struct{} // closed when Close gives up waiting for Publish calls
 	mu     sync.Mutex
 	closed bool
-	active sync.WaitGroup
+	active int           // Publish calls under way
+	idle   chan struct{} // closed when the last one ends after Close
 }
 
 // Publish sends msgs to topic (a queue name or URL; in fan-out mode an SNS
 // topic name or ARN) and returns once SQS (or SNS) has accepted every one,
-// or with a *broker.PublishError naming the entries it refused. A message
-// over Options.MaxMessageSize by broker.Message.Size, or whose encoding
-// (body, base64 for a binary payload, plus attributes) is over the wire
-// limit, fails the whole call before any request.
-// A missing queue or topic is created unless the broker was opened with
-// create=false.
-func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*broker.Message) error {
-	const op = "sqs: publish"
-	if !p.enter() {
-		return broker.WrapError(semantics.Closed, op, broker.ErrClosed)
+// or with a *driver.PublishError naming the entries it refused. A message
+// whose encoding (body, base64 for a binary payload, plus attributes) is
+// over the wire limit fails the whole call before any request. Publish
+// creates nothing: a queue (in fan-out mode, an SNS topic) that does not
+// exist is a NotFound error matching driver.ErrNoGroup.
+func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*driver.Message) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return driver.ErrClosed
 	}
-	defer p.active.Done()
-	if topic == "" {
-		return broker.Errorf(semantics.InvalidArgument, op, "topic is empty")
+	p.active++
+	p.mu.Unlock()
+	defer p.leave()
+	return p.b.publish(ctx, "sqs: publish", topic, msgs, p.abort)
+}
+
+func (p *Publisher) leave() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.active--
+	if p.active == 0 && p.idle != nil {
+		close(p.idle)
+		p.idle = nil
 	}
-	if err := broker.Prepare(op, msgs, p.b.opts.MaxMessageSize); err != nil {
-		return err
-	}
-	return p.b.publish(ctx, op, topic, msgs)
 }
 
 // publish encodes msgs, checks them against the wire limit, and sends
-// them to topic through its batcher, waiting for every result.
-func (b *Broker) publish(ctx context.Context, op, topic string, msgs []*broker.Message) error {
+// them to topic through its batcher, waiting for every result (or for ctx,
+// or abort).
+func (b *Broker) publish(ctx context.Context, op, topic string, msgs []*driver.Message, abort <-chan struct{}) error {
 	if len(msgs) == 0 {
 		return nil
 	}
@@ -83,7 +92,7 @@ func (b *Broker) publish(ctx context.Context, op, topic string, msgs []*broker.M
 	for i, m := range msgs {
 		encs[i] = encode(m, fifo)
 		if encs[i].size > wire {
-			return &broker.Error{Kind: semantics.InvalidArgument, Op: op, Err: &broker.TooLargeError{ID: m.ID, Size: encs[i].size, Max: wire}}
+			return &driver.Error{Kind: semantics.InvalidArgument, Op: op, Err: &driver.TooLargeError{ID: m.ID, Size: encs[i].size, Max: wire}}
 		}
 	}
 	snd, err := b.sender(ctx, topic)
@@ -95,43 +104,45 @@ func (b *Broker) publish(ctx context.Context, op, topic string, msgs []*broker.M
 	for i := range msgs {
 		jobs[i] = &job[*encoded]{ctx: ctx, v: &encs[i], size: encs[i].size, finish: c.finisher(i, msgs[i].ID)}
 	}
-	if err := snd.submitAndWait(ctx, jobs, c.done); err != nil {
-		return broker.WrapError(semantics.Transient, op, err)
+	if err := snd.submitAndWait(ctx, jobs, c.done, abort); err != nil {
+		return driver.WrapError(semantics.Transient, op, err)
 	}
 	return c.result()
 }
 
-// Close waits for Publish calls in progress (no longer than ctx) and makes
-// later ones fail with ErrClosed. Nothing is buffered beyond them.
+// Close lets the Publish calls under way finish (their messages are in
+// requests to SQS already; nothing else is buffered), waiting no longer
+// than ctx. When ctx ends first, Close returns ctx's error; a Publish
+// sending its request itself still ends when SQS answers (within
+// Options.RequestTimeout), and one waiting for a request that another
+// caller sends returns at once with an error of kind Closed (its messages
+// may or may not have been accepted). Publish after Close returns
+// driver.ErrClosed.
 func (p *Publisher) Close(ctx context.Context) error {
 	p.mu.Lock()
+	if p.closed || p.active == 0 {
+		p.closed = true
+		p.mu.Unlock()
+		return nil
+	}
 	p.closed = true
+	p.idle = make(chan struct{})
+	idle := p.idle
 	p.mu.Unlock()
-	done := make(chan struct{})
-	go func() { p.active.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-idle:
 		return nil
 	case <-ctx.Done():
-		return broker.WrapError(semantics.Transient, "sqs: close publisher", ctx.Err())
+		close(p.abort)
+		return driver.WrapError(semantics.Canceled, "sqs: close publisher", fmt.Errorf("publishes still under way were abandoned: %w", ctx.Err()))
 	}
-}
-
-func (p *Publisher) enter() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return false
-	}
-	p.active.Add(1)
-	return true
 }
 
 // call collects the per-message results of one Publish.
 type call struct {
 	mu        sync.Mutex
 	remaining int
-	failed    []broker.PublishFailure
+	failed    []driver.PublishFailure
 	done      chan struct{}
 }
 
@@ -140,7 +151,7 @@ func (c *call) finisher(index int, id string) func(error) {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if err != nil {
-			c.failed = append(c.failed, broker.PublishFailure{Index: index, ID: id, Err: err})
+			c.failed = append(c.failed, driver.PublishFailure{Index: index, ID: id, Err: err})
 		}
 		c.remaining--
 		if c.remaining == 0 {
@@ -154,11 +165,12 @@ func (c *call) result() error {
 		return nil
 	}
 	sort.Slice(c.failed, func(i, j int) bool { return c.failed[i].Index < c.failed[j].Index })
-	return &broker.PublishError{Failed: c.failed}
+	return &driver.PublishError{Failed: c.failed}
 }
 
-// sender returns the batcher for topic, resolving (and creating) its queue
-// or SNS topic the first time.
+// sender returns the batcher for topic, resolving its queue or SNS topic
+// the first time. It creates nothing: a missing one is an error matching
+// driver.ErrNoGroup.
 func (b *Broker) sender(ctx context.Context, topic string) (*batcher[*encoded], error) {
 	b.mu.Lock()
 	s := b.senders[topic]
@@ -173,7 +185,7 @@ func (b *Broker) sender(ctx context.Context, topic string) (*batcher[*encoded], 
 	batchBytes := max(maxBatchBytes, b.opts.MaxMessageSize)
 	if b.sns != nil {
 		name := TopicName(topic, b.opts.FIFO)
-		arn, err := b.topicARN(ctx, name)
+		arn, err := b.existingTopic(ctx, name)
 		if err != nil {
 			return nil, err
 		}
@@ -188,7 +200,7 @@ func (b *Broker) sender(ctx context.Context, topic string) (*batcher[*encoded], 
 		}
 	} else {
 		name := QueueName(topic, b.opts.FIFO)
-		u, _, err := b.ensureQueue(ctx, name, 0)
+		u, err := b.existingQueue(ctx, name)
 		if err != nil {
 			return nil, err
 		}
@@ -220,6 +232,9 @@ func (b *Broker) sendSQS(topic, name, queueURL string) func(context.Context, []*
 		for i, j := range batch {
 			e := j.v
 			entries[i] = types.SendMessageBatchRequestEntry{Id: &batchIDs[i], MessageBody: &e.body, MessageAttributes: e.attrs}
+			if !e.deliverAt.IsZero() {
+				entries[i].DelaySeconds = delaySeconds(e.deliverAt)
+			}
 			if e.group != "" {
 				entries[i].MessageGroupId = &e.group
 				entries[i].MessageDeduplicationId = &e.dedup
@@ -229,12 +244,24 @@ func (b *Broker) sendSQS(topic, name, queueURL string) func(context.Context, []*
 		if err != nil {
 			if kindOf(err) == semantics.NotFound {
 				b.dropSender(topic, name)
+				err = errors.Join(noGroup(op, "queue %s no longer exists", name), err)
 			}
 			finishAll(batch, wrap(op, err))
 			return
 		}
 		finishBatch(op, batch, sqsResults(op, out.Successful, func(e types.SendMessageBatchResultEntry) *string { return e.Id }, out.Failed))
 	}
+}
+
+// delaySeconds is SQS's per-message delay for a message due at: the time
+// left, rounded up to whole seconds (SQS counts seconds: never early), 0 when
+// it is due, at most 900 (package broker refuses longer ones: MaxDelay).
+func delaySeconds(at time.Time) int32 {
+	left := time.Until(at)
+	if left <= 0 {
+		return 0
+	}
+	return int32(min((left+time.Second-1)/time.Second, 900))
 }
 
 // sqsResults lists the outcome of every entry of an SQS batch response.
@@ -269,6 +296,7 @@ func (b *Broker) publishSNS(topic, name, topicARN string) func(context.Context, 
 		if err != nil {
 			if kindOf(err) == semantics.NotFound {
 				b.dropSender(topic, name)
+				err = errors.Join(noGroup(op, "SNS topic %s no longer exists", name), err)
 			}
 			finishAll(batch, wrap(op, err))
 			return
@@ -304,7 +332,7 @@ func finishBatch[T any](op string, batch []*job[T], results []entryResult) {
 	}
 	for i, j := range batch {
 		if !done[i] {
-			j.finish(broker.Errorf(semantics.Transient, op, "the batch response has no result for this entry"))
+			j.finish(driver.Errorf(semantics.Transient, op, "the batch response has no result for this entry"))
 		}
 	}
 }
@@ -314,3 +342,7 @@ func finishAll[T any](batch []*job[T], err error) {
 		j.finish(err)
 	}
 }
+
+// As sets target, a **sqs.Client or (fan-out mode) a **sns.Client, to the
+// SDK client the publisher sends with.
+func (p *Publisher) As(target any) bool { return p.b.As(target) }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,11 +28,8 @@ func TestOpenRejectsBadURLs(t *testing.T) {
 	for _, tc := range []struct{ url, want string }{
 		{"sqs://?bogus=1&region=us-east-1", "unknown URL parameter(s) bogus (valid: create, endpoint, fanout, fifo, max_extension, max_message_size, max_messages, pollers, region, visibility_timeout, wait_time)"},
 		{"sqs://orders?region=us-east-1", "takes no host or path"},
-		{"sqs://?region=us-east-1&max_messages=11", "MaxMessages 11 is not within 1-10"},
-		{"sqs://?region=us-east-1&wait_time=30s", "over the SQS maximum of 20s"},
 		{"sqs://?region=us-east-1&fifo=maybe", `fifo="maybe" is not a boolean`},
 		{"sqs://?endpoint=127.0.0.1:4566", "is not an http(s) URL"},
-		{"sqs://?region=us-east-1&max_message_size=2000000", "MaxMessageSize 2000000"},
 	} {
 		_, err := broker.Open(ctx, tc.url)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -44,9 +42,80 @@ func TestOpenRejectsBadURLs(t *testing.T) {
 	}
 }
 
+// Every URL parameter: values out of its range are InvalidArgument errors
+// that name it (and never show a password), its limits are accepted
+// (issue 6). Open dials nothing, so no endpoint is needed.
+func TestURLParametersOutOfRange(t *testing.T) {
+	ctx := context.Background()
+	params := []struct {
+		name    string
+		bad, ok []string
+		with    string // other parameters the values need
+	}{
+		{name: "region", bad: []string{"us east 1", "US-EAST-1", "-eu", "eu-", strings.Repeat("a", 65)}, ok: []string{"eu-west-1", "us-gov-west-1", "local"}},
+		{name: "endpoint", bad: []string{"127.0.0.1:4566", "ftp://h", "http://", "http://h:99999", "http://h:0", "http://user:s3cret@h"}, ok: []string{"http://127.0.0.1:4566", "https://sqs.eu-west-1.amazonaws.com"}},
+		{name: "fifo", bad: []string{"maybe", "2"}, ok: []string{"true", "false", "1", "0"}},
+		{name: "fanout", bad: []string{"yes please", "-1"}, ok: []string{"true", "false"}},
+		{name: "create", bad: []string{"never", "3"}, ok: []string{"true", "false"}},
+		{name: "wait_time", bad: []string{"-1s", "21s", "1500ms", "soon"}, ok: []string{"0s", "1s", "20s"}},
+		{name: "visibility_timeout", bad: []string{"-1s", "0s", "500ms", "12h0m1s", "x"}, ok: []string{"1s", "12h"}},
+		{name: "max_messages", bad: []string{"0", "-1", "11", "ten"}, ok: []string{"1", "10"}},
+		{name: "pollers", bad: []string{"0", "-2", "65", "many"}, ok: []string{"1", "64"}},
+		{name: "max_extension", bad: []string{"-1s", "0s", "13h", "1d"}, ok: []string{"1s", "12h"}},
+		{name: "max_message_size", bad: []string{"0", "-1", "1048577", "big"}, ok: []string{"1", "1048576"}},
+		{name: "max_message_size", with: "fanout=true", bad: []string{"262145"}, ok: []string{"262144"}},
+	}
+	// The table covers every parameter the adapter knows: it lists them
+	// in its unknown-parameter error.
+	_, err := broker.Open(ctx, "sqs://?nosuch=1")
+	valid := err.Error()[strings.Index(err.Error(), "(valid: ")+len("(valid: "):]
+	valid = valid[:strings.IndexByte(valid, ')')]
+	for _, name := range strings.Split(valid, ", ") {
+		found := false
+		for _, p := range params {
+			found = found || p.name == name
+		}
+		if !found {
+			t.Errorf("parameter %s is not in the table", name)
+		}
+	}
+	for _, p := range params {
+		base := "sqs://?region=us-east-1"
+		if p.name == "region" {
+			base = "sqs://?endpoint=http://127.0.0.1:9"
+		}
+		if p.with != "" {
+			base += "&" + p.with
+		}
+		for _, v := range p.bad {
+			raw := base + "&" + p.name + "=" + url.QueryEscape(v)
+			_, err := broker.Open(ctx, raw)
+			if err == nil {
+				t.Errorf("Open(%s) succeeded, want an invalid-argument error", raw)
+				continue
+			}
+			if broker.KindOf(err) != semantics.InvalidArgument || !strings.Contains(err.Error(), p.name) {
+				t.Errorf("Open(%s) = %v (kind %v), want an invalid-argument error naming %s", raw, err, broker.KindOf(err), p.name)
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("Open(%s) error shows the password: %v", raw, err)
+			}
+		}
+		for _, v := range p.ok {
+			raw := base + "&" + p.name + "=" + url.QueryEscape(v)
+			b, err := broker.Open(ctx, raw)
+			if err != nil {
+				t.Errorf("Open(%s) = %v, want it accepted", raw, err)
+				continue
+			}
+			_ = b.Close(ctx)
+		}
+	}
+}
+
 func TestCapabilities(t *testing.T) {
 	for params, want := range map[string]semantics.Capabilities{
-		"":                      {ConsumerGroups: true, CrashRedelivery: true, DelayedNack: true, AttemptCount: true, DeadLetter: true, NativeDeadLetter: true, MaxMessageSize: 262144},
+		"":                      {ConsumerGroups: true, CrashRedelivery: true, DelayedNack: true, AttemptCount: true, DeadLetter: true, NativeDeadLetter: true, MaxMessageSize: 262144, ScheduledDelivery: true, MaxDelay: 15 * time.Minute},
 		"fanout=true&fifo=true": {ConsumerGroups: true, FanOut: true, PerKeyOrdering: true, CrashRedelivery: true, DelayedNack: true, AttemptCount: true, DeadLetter: true, NativeDeadLetter: true, MaxMessageSize: 194560},
 	} {
 		b, err := broker.Open(context.Background(), "sqs://?region=us-east-1&endpoint=http://127.0.0.1:9&"+params)
@@ -88,7 +157,7 @@ func TestTooLargeRefusedBeforeAnyRequest(t *testing.T) {
 
 func TestRoundTripKeepsPayloadHeadersAndIdentity(t *testing.T) {
 	t.Parallel()
-	b := open(t, "")
+	b, qb := open(t, "")
 	tp := topic(t)
 	sub := subscribe(t, b, broker.SubscriberOptions{Topic: tp})
 	p := publisher(t, b)
@@ -145,9 +214,13 @@ func TestRoundTripKeepsPayloadHeadersAndIdentity(t *testing.T) {
 			t.Errorf("Nack after Ack = %v, want ErrAlreadySettled", err)
 		}
 	}
-	depth, err := sub.Depth(context.Background())
+	// Close waits for the deletes the Acks queued.
+	if err := sub.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	depth, err := qb.Depth(context.Background(), tp, "")
 	if err != nil || depth.Total() != 0 {
-		t.Errorf("Depth after acking everything = %+v, %v; want all zero", depth, err)
+		t.Errorf("Depth after acking everything and closing = %+v, %v; want all zero", depth, err)
 	}
 }
 
@@ -173,7 +246,7 @@ func (c *countingTransport) count(op string) int {
 
 // newCounted returns a broker over an SQS client whose requests are
 // counted, through the typed constructor.
-func newCounted(t *testing.T, opts qsqs.Options) (*qsqs.Broker, *countingTransport) {
+func newCounted(t *testing.T, opts qsqs.Options) (*broker.Broker, *countingTransport) {
 	ct := &countingTransport{ops: map[string]int{}}
 	client := awssqs.New(awssqs.Options{
 		Region:       "us-east-1",
@@ -181,10 +254,12 @@ func newCounted(t *testing.T, opts qsqs.Options) (*qsqs.Broker, *countingTranspo
 		Credentials:  credentials.NewStaticCredentialsProvider("test", "test", ""),
 		HTTPClient:   &http.Client{Transport: ct},
 	})
-	b, err := qsqs.New(client, opts)
+	qb, err := qsqs.New(client, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	b := broker.New(qb)
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
 	return b, ct
 }
 
@@ -192,6 +267,9 @@ func TestConcurrentPublishesShareBatchesAndAcksToo(t *testing.T) {
 	t.Parallel()
 	b, ct := newCounted(t, qsqs.Options{WaitTime: time.Second})
 	tp := topic(t)
+	if err := b.Declare(context.Background(), tp); err != nil {
+		t.Fatal(err)
+	}
 	p := publisher(t, b)
 	if err := p.Publish(context.Background(), tp, &broker.Message{Payload: []byte("warm-up")}); err != nil {
 		t.Fatal(err)
@@ -249,14 +327,14 @@ func TestConcurrentPublishesShareBatchesAndAcksToo(t *testing.T) {
 
 func TestPerEntryFailureIsAPublishError(t *testing.T) {
 	t.Parallel()
-	b := open(t, "")
+	b, qb := open(t, "")
 	tp := topic(t)
-	info, err := b.EnsureQueue(context.Background(), qsqs.QueueName(tp, false), qsqs.QueueSpec{})
+	info, err := qb.EnsureQueue(context.Background(), qsqs.QueueName(tp, false), qsqs.QueueSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The queue refuses messages over 1 KiB: a per-entry failure.
-	if _, err := b.Client().SetQueueAttributes(context.Background(), &awssqs.SetQueueAttributesInput{
+	if _, err := qb.Client().SetQueueAttributes(context.Background(), &awssqs.SetQueueAttributesInput{
 		QueueUrl: &info.URL, Attributes: map[string]string{"MaximumMessageSize": "1024"},
 	}); err != nil {
 		t.Fatal(err)
@@ -289,7 +367,7 @@ func TestPerEntryFailureIsAPublishError(t *testing.T) {
 
 func TestNackDelaysRedeliveryAndCountsAttempts(t *testing.T) {
 	t.Parallel()
-	b := open(t, "")
+	b, _ := open(t, "")
 	tp := topic(t)
 	sub := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: 5 * time.Second})
 	p := publisher(t, b)
@@ -328,7 +406,7 @@ func TestNackDelaysRedeliveryAndCountsAttempts(t *testing.T) {
 // nobody else receives it meanwhile, and its Ack still deletes it.
 func TestVisibilityIsExtendedWhileHeld(t *testing.T) {
 	t.Parallel()
-	b := open(t, "")
+	b, qb := open(t, "")
 	tp := topic(t)
 	holder := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: 2 * time.Second, Prefetch: 1})
 	other := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: 2 * time.Second})
@@ -336,10 +414,10 @@ func TestVisibilityIsExtendedWhileHeld(t *testing.T) {
 	if err := p.Publish(context.Background(), tp, &broker.Message{Payload: []byte("long job")}); err != nil {
 		t.Fatal(err)
 	}
-	var d broker.Delivery
+	var d *broker.Delivery
 	ctx := ctxT(t, 20*time.Second) // the receivers outlive every check below
-	got := make(chan broker.Delivery, 2)
-	for _, s := range []broker.Subscriber{holder, other} {
+	got := make(chan *broker.Delivery, 2)
+	for _, s := range []*broker.Subscriber{holder, other} {
 		go func() {
 			if d, err := s.Receive(ctx); err == nil {
 				got <- d
@@ -363,7 +441,7 @@ func TestVisibilityIsExtendedWhileHeld(t *testing.T) {
 		t.Fatalf("acked message delivered again (attempt %d)", d2.Message().Attempt)
 	case <-time.After(2500 * time.Millisecond):
 	}
-	depth, err := b.Depth(context.Background(), tp, "")
+	depth, err := qb.Depth(context.Background(), tp, "")
 	if err != nil || depth.Total() != 0 {
 		t.Errorf("Depth = %+v, %v; want empty", depth, err)
 	}
@@ -373,7 +451,7 @@ func TestVisibilityIsExtendedWhileHeld(t *testing.T) {
 // extension stops) leaves the message to be delivered again.
 func TestUnsettledMessagesComeBackAfterClose(t *testing.T) {
 	t.Parallel()
-	b := open(t, "")
+	b, qb := open(t, "")
 	tp := topic(t)
 	first := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: time.Second})
 	p := publisher(t, b)
@@ -391,7 +469,7 @@ func TestUnsettledMessagesComeBackAfterClose(t *testing.T) {
 	}
 	// The other message, received but never handed out, is visible again
 	// at once; the held one stays hidden until its timeout.
-	if d, err := b.Depth(context.Background(), tp, ""); err != nil || d.Visible != 1 || d.InFlight != 1 {
+	if d, err := qb.Depth(context.Background(), tp, ""); err != nil || d.Visible != 1 || d.InFlight != 1 {
 		t.Errorf("depth right after Close = %+v, %v; want 1 visible (released) and 1 in flight (held)", d, err)
 	}
 	second := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: 5 * time.Second})
@@ -428,11 +506,11 @@ func TestPerKeyOrderingNeedsFIFO(t *testing.T) {
 }
 
 func TestCreateFalseReportsMissingQueue(t *testing.T) {
-	b := open(t, "create=false")
+	b, _ := open(t, "create=false")
 	p := publisher(t, b)
 	err := p.Publish(context.Background(), topic(t), &broker.Message{Payload: []byte("x")})
-	if broker.KindOf(err) != semantics.NotFound {
-		t.Errorf("Publish to a missing queue with create=false = %v, want not found", err)
+	if broker.KindOf(err) != semantics.NotFound || !errors.Is(err, broker.ErrNoGroup) {
+		t.Errorf("Publish to a missing queue with create=false = %v, want not found (ErrNoGroup)", err)
 	}
 }
 
@@ -461,7 +539,7 @@ func TestBrokerDownFailsFast(t *testing.T) {
 // closed subscriber's 30s visibility timeout.
 func TestCloseLeavesNoPollBehind(t *testing.T) {
 	t.Parallel()
-	b := open(t, "wait_time=2s")
+	b, _ := open(t, "wait_time=2s")
 	tp := topic(t)
 	first := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: 30 * time.Second})
 	nothing(t, first, 300*time.Millisecond) // its pollers are waiting in long polls now
@@ -483,7 +561,7 @@ func TestCloseLeavesNoPollBehind(t *testing.T) {
 // it again, and the prefetch slot it held is free (Prefetch 1 here).
 func TestMaxExtensionLetsGo(t *testing.T) {
 	t.Parallel()
-	b := open(t, "max_extension=1500ms&wait_time=0s")
+	b, _ := open(t, "max_extension=1500ms&wait_time=0s")
 	tp := topic(t)
 	sub := subscribe(t, b, broker.SubscriberOptions{Topic: tp, AckTimeout: time.Second, Prefetch: 1})
 	p := publisher(t, b)
@@ -497,5 +575,83 @@ func TestMaxExtensionLetsGo(t *testing.T) {
 	}
 	if err := again.Ack(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// receivesInFlight counts the ReceiveMessage requests under way, and the
+// most there were at once.
+type receivesInFlight struct {
+	mu       sync.Mutex
+	now, max int
+}
+
+func (c *receivesInFlight) RoundTrip(r *http.Request) (*http.Response, error) {
+	if !strings.HasSuffix(r.Header.Get("X-Amz-Target"), ".ReceiveMessage") {
+		return http.DefaultTransport.RoundTrip(r)
+	}
+	c.mu.Lock()
+	c.now++
+	c.max = max(c.max, c.now)
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.now--
+		c.mu.Unlock()
+	}()
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func (c *receivesInFlight) counts() (now, most int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now, c.max
+}
+
+// An idle subscriber polls with IdlePollers; a backlog (receives that come
+// back full) brings more pollers, up to Pollers, and they leave once the
+// backlog is gone.
+func TestPollersJoinForABacklogAndLeave(t *testing.T) {
+	t.Parallel()
+	rt := &receivesInFlight{}
+	client := awssqs.New(awssqs.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(testenv.SQS(t)),
+		Credentials: credentials.NewStaticCredentialsProvider("test", "test", ""),
+		HTTPClient:  &http.Client{Transport: rt},
+	})
+	const pollers = 4
+	qb, err := qsqs.New(client, qsqs.Options{WaitTime: time.Second, Pollers: pollers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(qb)
+	defer b.Close(context.Background())
+	tp := topic(t)
+	if err := b.Declare(context.Background(), tp); err != nil {
+		t.Fatal(err)
+	}
+	msgs := make([]*broker.Message, 200)
+	for i := range msgs {
+		msgs[i] = &broker.Message{Payload: []byte{byte(i)}}
+	}
+	if err := publisher(t, b).Publish(context.Background(), tp, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	sub := subscribe(t, b, broker.SubscriberOptions{Topic: tp})
+	for range msgs {
+		if err := receive(t, sub, 10*time.Second).Ack(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, most := rt.counts(); most <= qsqs.IdlePollers || most > pollers {
+		t.Errorf("at most %d receives at once while draining a backlog, want more than %d (IdlePollers) and at most %d (Pollers)", most, qsqs.IdlePollers, pollers)
+	}
+	// The extra pollers leave after their next receive, which finds the
+	// queue empty and ends after its 1s long poll.
+	deadline := time.Now().Add(10 * time.Second)
+	for now, _ := rt.counts(); now > qsqs.IdlePollers; now, _ = rt.counts() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d receives under way on an empty queue 10s after the backlog, want %d (IdlePollers)", now, qsqs.IdlePollers)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

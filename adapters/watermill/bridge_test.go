@@ -15,12 +15,12 @@ import (
 	"github.com/queuekit/queuekit/semantics"
 )
 
-// newGoChannel returns a bridge over a fresh GoChannel and the GoChannel,
-// both closed at the end of the test.
-func newGoChannel(t *testing.T) (*watermill.Broker, *gochannel.GoChannel) {
+// newGoChannel returns a broker over a fresh GoChannel through the bridge,
+// and the GoChannel, both closed at the end of the test.
+func newGoChannel(t *testing.T) (*broker.Broker, *gochannel.GoChannel) {
 	t.Helper()
 	gc := gochannel.NewGoChannel(gochannel.Config{}, nil)
-	b := watermill.NewGoChannel(gc)
+	b := broker.New(watermill.NewGoChannel(gc))
 	t.Cleanup(func() { _ = b.Close(context.Background()) })
 	return b, gc
 }
@@ -31,7 +31,7 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-func subscribe(t *testing.T, b broker.Broker, opts broker.SubscriberOptions) broker.Subscriber {
+func subscribe(t *testing.T, b *broker.Broker, opts broker.SubscriberOptions) *broker.Subscriber {
 	t.Helper()
 	sub, err := b.NewSubscriber(ctxT(t), opts)
 	if err != nil {
@@ -41,7 +41,7 @@ func subscribe(t *testing.T, b broker.Broker, opts broker.SubscriberOptions) bro
 	return sub
 }
 
-func receive(t *testing.T, sub broker.Subscriber) broker.Delivery {
+func receive(t *testing.T, sub *broker.Subscriber) *broker.Delivery {
 	t.Helper()
 	d, err := sub.Receive(ctxT(t))
 	if err != nil {
@@ -61,6 +61,11 @@ func TestMappingBothWays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var wb *watermill.Broker
+	if !b.As(&wb) {
+		t.Fatal("As(*watermill.Broker) = false")
+	}
+	wb.ConsumedOutside("out") // the raw subscription is not the bridge's
 	pub, _ := b.NewPublisher(ctx)
 	payload := []byte("body")
 	m := &broker.Message{ID: "id-1", Key: "k-1", Payload: payload, Headers: map[string]string{"h": "v", "empty": ""}}
@@ -177,6 +182,9 @@ func TestPublishErrors(t *testing.T) {
 	if err := pub.Publish(ctx, "", &broker.Message{}); broker.KindOf(err) != semantics.InvalidArgument {
 		t.Errorf("empty topic: %v", err)
 	}
+	if err := b.Declare(ctx, "t", "g"); err != nil {
+		t.Fatal(err)
+	}
 	_ = gc.Close() // the backend fails every Publish from now on
 	err = pub.Publish(ctx, "t", &broker.Message{ID: "a"}, &broker.Message{ID: "b"})
 	var pe *broker.PublishError
@@ -219,10 +227,11 @@ func (c *counting) Publish(topic string, msgs ...*message.Message) error {
 func TestOversizeRefusedBeforeIO(t *testing.T) {
 	gc := gochannel.NewGoChannel(gochannel.Config{}, nil)
 	cp := &counting{Publisher: gc}
-	b, err := watermill.New(watermill.Options{Publisher: cp, Subscriber: gc, MaxMessageSize: 10})
+	wb, err := watermill.New(watermill.Options{Publisher: cp, Subscriber: gc, MaxMessageSize: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
+	b := broker.New(wb)
 	defer b.Close(context.Background())
 	if b.Capabilities().MaxMessageSize != 10 || !b.Capabilities().DelayedNack || b.Capabilities().FanOut {
 		t.Errorf("capabilities = %+v", b.Capabilities())
@@ -268,8 +277,59 @@ func TestNewValidates(t *testing.T) {
 			t.Errorf("%s: err = %v, want invalid argument", name, err)
 		}
 	}
-	b, _ := watermill.New(watermill.Options{Publisher: gc, Subscriber: gc})
+	wb, _ := watermill.New(watermill.Options{Publisher: gc, Subscriber: gc})
+	b := broker.New(wb)
 	if _, err := b.NewSubscriber(ctxT(t), broker.SubscriberOptions{}); broker.KindOf(err) != semantics.InvalidArgument {
 		t.Errorf("subscriber without topic: %v", err)
+	}
+}
+
+// blocking holds each Publish until release is closed.
+type blocking struct {
+	message.Publisher
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (p *blocking) Publish(topic string, msgs ...*message.Message) error {
+	select {
+	case p.entered <- struct{}{}:
+	default:
+	}
+	<-p.release
+	return p.Publisher.Publish(topic, msgs...)
+}
+
+// Closing a publisher waits, no longer than its ctx, for a Publish in
+// progress, which then finishes its batch; later Publish calls are refused.
+func TestPublisherCloseWaitsForPublish(t *testing.T) {
+	gc := gochannel.NewGoChannel(gochannel.Config{}, nil)
+	bp := &blocking{Publisher: gc, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	wb, err := watermill.New(watermill.Options{Publisher: bp, Subscriber: gc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(wb)
+	defer b.Close(context.Background())
+	ctx := ctxT(t)
+	sub := subscribe(t, b, broker.SubscriberOptions{Topic: "t"})
+	pub, _ := b.NewPublisher(ctx)
+	published := make(chan error, 1)
+	go func() { published <- pub.Publish(ctx, "t", &broker.Message{ID: "in-flight"}) }()
+	<-bp.entered
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := pub.Close(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close with a Publish blocked in Watermill = %v, want it to wait until its ctx ends", err)
+	}
+	if err := pub.Publish(ctx, "t", &broker.Message{}); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("Publish after Close = %v", err)
+	}
+	close(bp.release)
+	if err := <-published; err != nil {
+		t.Fatalf("the Publish in progress at Close: %v", err)
+	}
+	if d := receive(t, sub); d.Message().ID != "in-flight" {
+		t.Errorf("got %s", d.Message().ID)
 	}
 }

@@ -37,12 +37,15 @@ func ToWatermill(m *broker.Message) *message.Message {
 
 // FromWatermill returns wm as a queuekit message from topic: ID = wm.UUID,
 // Payload = wm.Payload (not copied), Key and PublishedAt from the metadata
-// ToWatermill writes, and every other metadata entry as a header. Attempt is
+// ToWatermill writes, and every other metadata entry as a header but
+// broker.HeaderID and broker.HeaderAttempt, which name a message's identity
+// and are never taken from metadata (Publish would refuse them). Attempt is
 // 0: Watermill counts no deliveries.
 func FromWatermill(wm *message.Message, topic string) *broker.Message {
 	m := &broker.Message{ID: wm.UUID, Payload: wm.Payload, Topic: topic}
 	for k, v := range wm.Metadata {
 		switch k {
+		case broker.HeaderID, broker.HeaderAttempt:
 		case MetadataKey:
 			m.Key = v
 		case broker.HeaderPublishedAt:
@@ -62,26 +65,24 @@ func FromWatermill(wm *message.Message, topic string) *broker.Message {
 // delivered, which carries the queuekit attempt in broker.HeaderAttempt.
 func delivered(wm *message.Message, topic string) *broker.Message {
 	m := FromWatermill(wm, topic)
-	if v, ok := m.Headers[broker.HeaderAttempt]; ok {
-		if n, err := strconv.Atoi(v); err == nil && n > 0 {
-			m.Attempt = n
-			delete(m.Headers, broker.HeaderAttempt)
-		}
+	if n, err := strconv.Atoi(wm.Metadata[broker.HeaderAttempt]); err == nil && n > 0 {
+		m.Attempt = n
 	}
 	return m
 }
 
 // publishable is FromWatermill for a message about to be published: the
-// delivery-side entries (attempt, published-at) of a message that came from
-// a subscription and is passed on are not carried over, so the new message
-// gets its own.
+// entries of a message that came from a subscription and is passed on
+// (published-at, attempt, and the ID entry, which the UUID gives) are not
+// carried over, so the new message gets its own and Publish, which refuses
+// reserved headers, accepts it.
 func publishable(wm *message.Message) *broker.Message {
 	m := &broker.Message{ID: wm.UUID, Payload: wm.Payload}
 	for k, v := range wm.Metadata {
 		switch k {
 		case MetadataKey:
 			m.Key = v
-		case broker.HeaderPublishedAt, broker.HeaderAttempt:
+		case broker.HeaderPublishedAt, broker.HeaderAttempt, broker.HeaderID:
 		default:
 			m.SetHeader(k, v)
 		}

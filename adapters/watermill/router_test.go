@@ -27,7 +27,7 @@ import (
 // Publisher, and runs under queuekit middleware (dedupe) next to a Watermill
 // one.
 func TestRouterOnMemory(t *testing.T) {
-	b := memory.New(memory.Options{})
+	b := broker.New(memory.New(memory.Options{}))
 	t.Cleanup(func() { _ = b.Close(context.Background()) })
 	testRouter(t, b, "qk-router-"+randomHex())
 }
@@ -44,7 +44,7 @@ func TestRouterOnRabbitMQ(t *testing.T) {
 		defer mu.Unlock()
 		testenv.DeleteRabbitMQ(t, url, queues, nil)
 	})
-	b, err := rabbitmq.Dial(ctx, url, rabbitmq.Options{OnDeclare: func(q string) {
+	rb, err := rabbitmq.Dial(ctx, url, rabbitmq.Options{OnDeclare: func(q string) {
 		mu.Lock()
 		queues = append(queues, q)
 		mu.Unlock()
@@ -52,6 +52,7 @@ func TestRouterOnRabbitMQ(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b := broker.New(rb)
 	t.Cleanup(func() { _ = b.Close(context.Background()) })
 	testRouter(t, b, "qk-router-"+randomHex())
 }
@@ -65,7 +66,7 @@ func TestRouterOnRabbitMQ(t *testing.T) {
 //     broker redelivers, and the redelivery's metadata carries attempt 2;
 //   - orders published again with the same IDs are skipped by queuekit's
 //     dedupe middleware, so the handler runs once per order.
-func testRouter(t *testing.T, b broker.Broker, prefix string) {
+func testRouter(t *testing.T, b *broker.Broker, prefix string) {
 	const n = 30
 	in, out := prefix+"-in", prefix+"-out"
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)

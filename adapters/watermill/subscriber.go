@@ -9,51 +9,47 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
-// ErrExpired is returned by Ack on a delivery the bridge already gave back
-// to Watermill with a Nack: its SubscriberOptions.AckTimeout passed, or its
-// subscriber was closed. The message is (or will be) delivered again; the
-// Ack does nothing.
-var ErrExpired = &broker.Error{Kind: semantics.Permanent, Op: "watermill: ack", Err: errors.New("delivery expired (ack timeout or subscriber closed): the message was nacked for redelivery")}
-
-// NewSubscriber subscribes to opts.Topic: it makes the group's Watermill
-// subscriber (Options.NewSubscriber) or uses the shared one, and calls
-// Subscribe on it once — or, on a Competing backend, SubscriberOptions.
-// Prefetch times unless Ordering is PerKey — before returning, so that the
-// subscription exists when it returns (GoChannel drops what is published to
-// a topic nobody subscribes to).
-func (b *Broker) NewSubscriber(ctx context.Context, opts broker.SubscriberOptions) (broker.Subscriber, error) {
+// NewSubscriber subscribes to opts.Topic in opts.Group. With a shared
+// Subscriber it joins the group's subscription (started by Declare or by
+// the group's first subscriber). With NewSubscriber it makes the group's
+// Watermill subscriber and calls Subscribe on it once — or, on a Competing
+// backend, SubscriberOptions.Prefetch times unless Ordering is PerKey —
+// before returning, so that the subscription exists when it returns.
+//
+// It refuses (semantics.Unsupported) Guarantee AtMostOnce unless
+// Options.SyncAck, and Ordering PerKey unless the backend claims
+// PerKeyOrdering: the bridge never runs weaker than asked.
+func (b *Broker) NewSubscriber(ctx context.Context, opts driver.SubscriberOptions) (driver.Subscriber, error) {
 	op := b.opts.Name + ": subscribe"
-	if err := opts.Validate(op); err != nil {
+	if err := b.checkNames(op, opts.Topic, opts.Group); err != nil {
 		return nil, err
 	}
-	opts = opts.WithDefaults()
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
-		return nil, broker.ErrClosed
+	if opts.Guarantee == semantics.AtMostOnce && !b.opts.SyncAck {
+		return nil, unsupported(op, "at-most-once needs an ack the backend has recorded when it returns, and this Watermill backend forwards acks from a goroutine of its own (Options.SyncAck is false), so an acked message can be delivered again; consume at-least-once (with dedupe for effectively-once), or use the broker's own queuekit adapter")
 	}
-	subCtx, cancel := context.WithCancel(context.Background())
+	if opts.Ordering == semantics.PerKey && !b.caps.PerKeyOrdering {
+		return nil, unsupported(op, "per-key ordering: this Watermill backend keeps no per-key order (Options.Capabilities.PerKeyOrdering is false)")
+	}
 	s := &subscriber{
 		b: b, opts: opts, op: b.opts.Name + ": receive",
-		cancel:  cancel,
-		out:     make(chan *message.Message),
 		closing: make(chan struct{}),
-		ended:   make(chan struct{}),
 		pending: map[*delivery]struct{}{},
 	}
-	wsub := b.opts.Subscriber
-	if wsub == nil {
-		w, err := b.opts.NewSubscriber(ctx, opts)
+	if b.opts.Subscriber != nil {
+		f, err := b.sharedGroup(op, opts.Topic, opts.Group)
 		if err != nil {
-			cancel()
-			return nil, broker.WrapError(semantics.Transient, op, err)
+			return nil, err
 		}
-		s.wsub, wsub = w, w
+		s.feed = f
+		return s, nil
+	}
+	w, err := b.opts.NewSubscriber(ctx, opts)
+	if err != nil {
+		return nil, driver.WrapError(semantics.Transient, op, err)
 	}
 	n := 1
 	if b.opts.Competing && opts.Ordering != semantics.PerKey {
@@ -62,42 +58,105 @@ func (b *Broker) NewSubscriber(ctx context.Context, opts broker.SubscriberOption
 			n = DefaultPrefetch
 		}
 	}
-	s.live.Store(int32(n))
-	for i := 0; i < n; i++ {
-		ch, err := wsub.Subscribe(subCtx, opts.Topic)
-		if err != nil {
-			s.live.Add(int32(i - n)) // the calls not made will not end
-			_ = s.Close(ctx)
-			return nil, broker.WrapError(semantics.Transient, op, err)
-		}
-		s.pumps.Add(1)
-		go s.pump(ch)
+	f, err := subscribeFeed(w, opts.Topic, n)
+	if err != nil {
+		_ = w.Close()
+		return nil, driver.WrapError(semantics.Transient, op, err)
 	}
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
+	s.feed, s.wsub = f, w
+	if err := b.remember(opts.Topic, opts.Group, nil); err != nil {
 		_ = s.Close(ctx)
-		return nil, broker.ErrClosed
+		return nil, err
 	}
-	b.subs[s] = struct{}{}
-	b.mu.Unlock()
 	return s, nil
 }
 
-// subscriber is a queuekit Subscriber over Watermill subscription channels.
-type subscriber struct {
-	b      *Broker
-	opts   broker.SubscriberOptions
-	op     string
-	wsub   message.Subscriber // owned (from Options.NewSubscriber), or nil
-	cancel context.CancelFunc // ends the Subscribe calls
-
-	out     chan *message.Message // unbuffered: the pumps hold at most one message each
-	closing chan struct{}
-	ended   chan struct{} // closed when every subscription channel closed before Close
-	live    atomic.Int32  // subscription channels still open
+// feed moves the messages of one or more Watermill subscription channels to
+// the subscribers that read out.
+type feed struct {
+	out     chan *message.Message // unbuffered: each pump holds at most one message
+	ended   chan struct{}         // closed when every channel closed before stop
+	stopped chan struct{}         // closed by stop
+	cancel  context.CancelFunc    // ends the Subscribe calls
+	live    atomic.Int32          // channels still open
 	pumps   sync.WaitGroup
+	once    sync.Once
+	err     error
+}
 
+// subscribeFeed calls wsub.Subscribe(topic) n times and feeds what the
+// channels deliver.
+func subscribeFeed(wsub message.Subscriber, topic string, n int) (*feed, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &feed{
+		out:     make(chan *message.Message),
+		ended:   make(chan struct{}),
+		stopped: make(chan struct{}),
+		cancel:  cancel,
+	}
+	f.live.Store(int32(n))
+	for i := range n {
+		ch, err := wsub.Subscribe(ctx, topic)
+		if err != nil {
+			f.live.Add(int32(i - n)) // the calls not made will not end
+			_ = f.stop(context.Background(), "")
+			return nil, err
+		}
+		f.pumps.Add(1)
+		go f.pump(ch)
+	}
+	return f, nil
+}
+
+// pump moves messages from one Watermill subscription channel to out. A
+// message taken from the channel when the feed stops is nacked, so that
+// Watermill can redeliver it: the bridge never drops one.
+func (f *feed) pump(ch <-chan *message.Message) {
+	defer f.pumps.Done()
+	for {
+		select {
+		case wm, ok := <-ch:
+			if !ok {
+				if f.live.Add(-1) == 0 {
+					close(f.ended)
+				}
+				return
+			}
+			select {
+			case f.out <- wm:
+			case <-f.stopped:
+				wm.Nack()
+				return
+			}
+		case <-f.stopped:
+			return
+		}
+	}
+}
+
+// stop ends the Subscribe calls and waits (no longer than ctx) for the
+// pumps. A second stop returns the first one's error.
+func (f *feed) stop(ctx context.Context, op string) error {
+	f.once.Do(func() {
+		close(f.stopped)
+		f.cancel()
+		f.err = within(ctx, op, func() error {
+			f.pumps.Wait()
+			return nil
+		})
+	})
+	return f.err
+}
+
+// subscriber is a queuekit driver subscriber over a feed.
+type subscriber struct {
+	b    *Broker
+	opts driver.SubscriberOptions
+	op   string
+	feed *feed
+	wsub message.Subscriber // owned, with its feed (from Options.NewSubscriber), or nil
+
+	closing   chan struct{}
 	mu        sync.Mutex
 	closed    bool
 	pending   map[*delivery]struct{} // handed out, not yet given back to Watermill
@@ -105,58 +164,29 @@ type subscriber struct {
 	closeErr  error
 }
 
-// pump moves messages from one Watermill subscription channel to Receive.
-// A message taken from the channel when the subscriber closes is nacked, so
-// Watermill can redeliver it: the bridge never drops one.
-func (s *subscriber) pump(ch <-chan *message.Message) {
-	defer s.pumps.Done()
-	for {
-		select {
-		case wm, ok := <-ch:
-			if !ok {
-				if s.live.Add(-1) == 0 {
-					close(s.ended)
-				}
-				return
-			}
-			select {
-			case s.out <- wm:
-			case <-s.closing:
-				wm.Nack()
-				return
-			}
-		case <-s.closing:
-			return
-		}
-	}
-}
+var _ driver.BatchReceiver = (*subscriber)(nil)
 
-// Receive returns the next message of any of the subscriber's Watermill
+// Receive returns the next message of the subscriber's Watermill
 // subscriptions.
-func (s *subscriber) Receive(ctx context.Context) (broker.Delivery, error) {
+func (s *subscriber) Receive(ctx context.Context) (driver.Delivery, error) {
 	select {
-	case <-s.closing:
-		return nil, broker.ErrClosed
-	default:
-	}
-	select {
-	case wm := <-s.out:
+	case wm := <-s.feed.out:
 		return s.deliver(wm)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-s.closing:
-		return nil, broker.ErrClosed
-	case <-s.ended:
-		return nil, s.endedErr()
+		return nil, driver.ErrClosed
+	case <-s.feed.ended:
+		return nil, driver.Errorf(semantics.Closed, s.op, "every Watermill subscription to %s ended (its channel was closed) before the subscriber was closed", s.opts.Topic)
 	}
 }
 
 // ReceiveBatch is Receive for up to len(buf) messages: it waits for one,
 // then takes what the subscriptions have ready without waiting.
-func (s *subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (int, error) {
-	return broker.FillBatch(ctx, buf, s.Receive, func() (broker.Delivery, bool) {
+func (s *subscriber) ReceiveBatch(ctx context.Context, buf []driver.Delivery) (int, error) {
+	return driver.FillBatch(ctx, buf, s.Receive, func() (driver.Delivery, bool) {
 		select {
-		case wm := <-s.out:
+		case wm := <-s.feed.out:
 			d, err := s.deliver(wm)
 			return d, err == nil // closed: the next Receive reports it
 		default:
@@ -165,17 +195,13 @@ func (s *subscriber) ReceiveBatch(ctx context.Context, buf []broker.Delivery) (i
 	})
 }
 
-func (s *subscriber) endedErr() error {
-	return broker.Errorf(semantics.Closed, s.op, "every Watermill subscription to %s ended (its channel was closed) before the subscriber was closed", s.opts.Topic)
-}
-
-func (s *subscriber) deliver(wm *message.Message) (broker.Delivery, error) {
+func (s *subscriber) deliver(wm *message.Message) (driver.Delivery, error) {
 	d := &delivery{s: s, wm: wm, msg: FromWatermill(wm, s.opts.Topic)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		wm.Nack()
-		return nil, broker.ErrClosed
+		return nil, driver.ErrClosed
 	}
 	s.pending[d] = struct{}{}
 	if t := s.opts.AckTimeout; t > 0 {
@@ -184,12 +210,13 @@ func (s *subscriber) deliver(wm *message.Message) (broker.Delivery, error) {
 	return d, nil
 }
 
-// Close ends the subscriber's Watermill subscriptions: deliveries not yet
-// settled, and delayed nacks still waiting, are nacked at once, the
-// Subscribe contexts are cancelled and a subscriber from
-// Options.NewSubscriber is closed. What Watermill does with a nacked message
-// is the backend's business: watermill-amqp requeues it, GoChannel drops it
-// once its subscription has ended.
+// Close gives back what the subscriber holds: deliveries not yet settled,
+// and delayed nacks still waiting, are nacked at once. A subscriber of a
+// shared group leaves the group's subscription running for the others (and
+// the next); one from Options.NewSubscriber ends its Subscribe calls and
+// closes its Watermill subscriber. What Watermill does with a nacked
+// message is the backend's business: GoChannel sends it again on the
+// group's subscription, watermill-amqp requeues it.
 func (s *subscriber) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
@@ -201,42 +228,36 @@ func (s *subscriber) Close(ctx context.Context) error {
 		for d := range pending {
 			d.release()
 		}
-		s.cancel()
-		var errs []error
-		if s.wsub != nil {
-			errs = append(errs, within(ctx, s.b.opts.Name+": close subscriber", s.wsub.Close))
+		if s.wsub == nil {
+			return
 		}
-		errs = append(errs, within(ctx, s.b.opts.Name+": close subscriber, waiting for its subscriptions", func() error {
-			s.pumps.Wait()
-			return nil
-		}))
-		s.b.forget(s)
+		errs := []error{s.feed.stop(ctx, s.b.opts.Name+": close subscriber, waiting for its subscriptions")}
+		errs = append(errs, within(ctx, s.b.opts.Name+": close subscriber", s.wsub.Close))
 		s.closeErr = errors.Join(errs...)
 	})
 	return s.closeErr
 }
 
-// delivery is one Watermill message handed out by Receive. All its fields
-// but settle and expired are guarded by s.mu.
+// delivery is one Watermill message handed out by Receive. Package broker
+// calls Ack or Nack once; settle guards against the ack timeout and Close,
+// which give the message back on their own. timer and delayed are guarded
+// by s.mu.
 type delivery struct {
 	s       *subscriber
 	wm      *message.Message
-	msg     *broker.Message
-	settle  broker.Settlement
-	expired atomic.Bool // given back by the ack timeout or Close
+	msg     *driver.Message
+	settle  driver.Settlement
 	timer   *time.Timer // ack timeout, then the delayed nack
 	delayed bool        // a delayed nack is waiting on timer
 }
 
-func (d *delivery) Message() *broker.Message { return d.msg }
+func (d *delivery) Message() *driver.Message { return d.msg }
 
-// Ack acknowledges the Watermill message.
-func (d *delivery) Ack(ctx context.Context) error {
-	if first, err := d.settle.Ack(); !first {
-		if err != nil && d.wasExpired() {
-			return ErrExpired
-		}
-		return err
+// Ack acknowledges the Watermill message. With a SyncAck backend the ack
+// is recorded when it returns.
+func (d *delivery) Ack(context.Context) error {
+	if first, _ := d.settle.Ack(); !first {
+		return ErrExpired // only the ack timeout or Close settle it otherwise
 	}
 	d.s.mu.Lock()
 	delete(d.s.pending, d)
@@ -251,12 +272,9 @@ func (d *delivery) Ack(ctx context.Context) error {
 // Nack nacks the Watermill message after delay: the message stays in
 // flight (unsettled on the backend) until then, and Watermill redelivers it
 // once nacked.
-func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
-	if first, err := d.settle.Nack(); !first {
-		if err != nil && d.wasExpired() {
-			return nil // it was nacked already
-		}
-		return err
+func (d *delivery) Nack(_ context.Context, delay time.Duration) error {
+	if first, _ := d.settle.Nack(); !first {
+		return nil // the ack timeout or Close nacked it already
 	}
 	s := d.s
 	s.mu.Lock()
@@ -283,12 +301,6 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	return nil
 }
 
-func (d *delivery) wasExpired() bool {
-	d.s.mu.Lock() // expire and release set the flag under the lock
-	defer d.s.mu.Unlock()
-	return d.expired.Load()
-}
-
 // expire gives the delivery back when its ack timeout passes unsettled.
 func (d *delivery) expire() {
 	s := d.s
@@ -302,7 +314,6 @@ func (d *delivery) expire() {
 		return
 	}
 	delete(s.pending, d)
-	d.expired.Store(true)
 	s.mu.Unlock()
 	d.wm.Nack()
 }
@@ -318,9 +329,6 @@ func (d *delivery) release() {
 	first := false
 	if !delayed {
 		first, _ = d.settle.Nack()
-		if first {
-			d.expired.Store(true)
-		}
 	}
 	d.s.mu.Unlock()
 	if delayed || first {

@@ -3,6 +3,7 @@ package watermill_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -11,10 +12,12 @@ import (
 	"github.com/queuekit/queuekit/adapters/memory"
 	"github.com/queuekit/queuekit/adapters/watermill"
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/middleware/dedupe"
+	"github.com/queuekit/queuekit/semantics"
 )
 
-func newMemory(t *testing.T) *memory.Broker {
-	b := memory.New(memory.Options{})
+func newMemory(t *testing.T) *broker.Broker {
+	b := broker.New(memory.New(memory.Options{}))
 	t.Cleanup(func() { _ = b.Close(context.Background()) })
 	return b
 }
@@ -82,7 +85,7 @@ func TestSubscriberNackAndClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	qp, _ := b.NewPublisher(ctx)
-	if err := qp.Publish(ctx, "t", &broker.Message{ID: "a", Key: "ka"}, &broker.Message{ID: "b"}); err != nil {
+	if err := qp.Publish(ctx, "t", &broker.Message{ID: "a", Key: "ka"}, &broker.Message{ID: "b", Key: "ka"}); err != nil {
 		t.Fatal(err)
 	}
 	m := next(t, ch)
@@ -95,8 +98,8 @@ func TestSubscriberNackAndClose(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("message context not cancelled after Nack")
 	}
-	// One message in flight at a time: the redelivery of a comes before b
-	// (memory puts redeliveries first).
+	// memory hands out one message of a key at a time, in order: the
+	// redelivery of a comes before b.
 	m = next(t, ch)
 	if m.UUID != "a" || m.Metadata.Get(broker.HeaderAttempt) != "2" {
 		t.Fatalf("after Nack: %s %v", m.UUID, m.Metadata)
@@ -118,9 +121,11 @@ func TestSubscriberNackAndClose(t *testing.T) {
 	comesBack(t, b, "g", "b")
 }
 
-// comesBack checks that a new Watermill subscriber of group gets id on its
-// second attempt.
-func comesBack(t *testing.T, b broker.Broker, group, id string) {
+// comesBack checks that a new Watermill subscriber of group gets id on a
+// later attempt. (Not exactly the second: broker.Consume, which the
+// Subscriber runs, may receive the message once more after its ctx ended
+// and give it straight back, which memory counts as an attempt.)
+func comesBack(t *testing.T, b *broker.Broker, group, id string) {
 	t.Helper()
 	s := watermill.NewSubscriber(b, watermill.SubscriberConfig{Subscription: broker.SubscriberOptions{Group: group}})
 	defer s.Close()
@@ -130,8 +135,8 @@ func comesBack(t *testing.T, b broker.Broker, group, id string) {
 	}
 	m := next(t, ch)
 	m.Ack()
-	if m.UUID != id || m.Metadata.Get(broker.HeaderAttempt) != "2" {
-		t.Errorf("next subscriber got %s %v, want %s on attempt 2", m.UUID, m.Metadata, id)
+	if a, _ := strconv.Atoi(m.Metadata.Get(broker.HeaderAttempt)); m.UUID != id || a < 2 {
+		t.Errorf("next subscriber got %s %v, want %s on a later attempt", m.UUID, m.Metadata, id)
 	}
 }
 
@@ -172,6 +177,66 @@ func TestSubscriberInFlight(t *testing.T) {
 	ms := []*message.Message{next(t, ch), next(t, ch), next(t, ch)}
 	for _, m := range ms {
 		m.Ack()
+	}
+}
+
+// The subscription's guarantee is kept: under AtMostOnce a message is acked
+// before it is handed out, so a Nack does not bring it back; under
+// EffectivelyOnce a message whose ID was handled already is not handed out
+// again; the idempotency store goes with EffectivelyOnce only.
+func TestSubscriberGuarantees(t *testing.T) {
+	b := newMemory(t)
+	ctx := ctxT(t)
+	qp, _ := b.NewPublisher(ctx)
+
+	amo := watermill.NewSubscriber(b, watermill.SubscriberConfig{
+		Subscription: broker.SubscriberOptions{Group: "amo", Guarantee: semantics.AtMostOnce}})
+	defer amo.Close()
+	ch, err := amo.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One key: memory would hand a redelivery of a out before b.
+	if err := qp.Publish(ctx, "t", &broker.Message{ID: "a", Key: "k"}, &broker.Message{ID: "b", Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	next(t, ch).Nack()
+	m := next(t, ch)
+	m.Ack()
+	if m.UUID != "b" {
+		t.Errorf("after a Nack under at-most-once got %s, want b", m.UUID)
+	}
+
+	store := dedupe.NewMemoryStore(dedupe.MemoryOptions{})
+	eo := watermill.NewSubscriber(b, watermill.SubscriberConfig{Idempotency: store,
+		Subscription: broker.SubscriberOptions{Group: "eo", Guarantee: semantics.EffectivelyOnce}})
+	defer eo.Close()
+	ch, err = eo.Subscribe(ctx, "e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"x", "x", "y"} {
+		if err := qp.Publish(ctx, "e", &broker.Message{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []string{"x", "y"} {
+		m := next(t, ch)
+		if m.UUID != want {
+			t.Errorf("effectively-once handed out %s, want %s", m.UUID, want)
+		}
+		m.Ack()
+	}
+
+	for name, cfg := range map[string]watermill.SubscriberConfig{
+		"effectively-once without a store": {Subscription: broker.SubscriberOptions{Guarantee: semantics.EffectivelyOnce}},
+		"a store at-least-once":            {Idempotency: store},
+	} {
+		s := watermill.NewSubscriber(b, cfg)
+		if _, err := s.Subscribe(ctx, "t"); broker.KindOf(err) != semantics.InvalidArgument {
+			t.Errorf("%s: %v, want invalid argument", name, err)
+		}
+		_ = s.Close()
 	}
 }
 

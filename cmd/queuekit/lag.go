@@ -2,13 +2,19 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/semantics"
 )
 
+// runLag prints what a group has yet to finish on a topic, from
+// broker.Broker.Backlog: Kafka's lag per partition (everything the topic
+// holds for a group that never committed), a queue's ready, in-flight and
+// delayed messages.
 func runLag(ctx context.Context, e *env, args []string) error {
 	fs, url := flags(e, "lag")
 	topic := fs.String("topic", "", "topic (required)")
@@ -21,11 +27,13 @@ func runLag(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer closeBroker()
-	r, ok := b.(broker.BacklogReporter)
-	if !ok {
-		return broker.Errorf(semantics.Unsupported, "queuekit: lag", "the %T adapter cannot report a backlog", b)
+	bl, err := b.Backlog(ctx, *topic, *group)
+	if errors.Is(err, broker.ErrNoGroup) || broker.KindOf(err) == semantics.NotFound {
+		return &hinted{err: err, msg: fmt.Sprintf("%v (declare it with queuekit declare -topic %s -group %s, or start its consumers)", err, *topic, *group)}
 	}
-	bl, err := r.Backlog(ctx, *topic, *group)
+	if broker.KindOf(err) == semantics.Unsupported {
+		return &hinted{err: err, msg: fmt.Sprintf("queuekit: lag: unsupported: the %s adapter cannot tell a group's backlog", scheme(*url))}
+	}
 	if err != nil {
 		return err
 	}
@@ -50,4 +58,10 @@ func known(n int64) string {
 		return "?"
 	}
 	return fmt.Sprint(n)
+}
+
+// scheme returns rawURL's scheme, such as "kafka://".
+func scheme(rawURL string) string {
+	s, _, _ := strings.Cut(rawURL, "://")
+	return s + "://"
 }

@@ -18,11 +18,16 @@ import (
 type cli struct {
 	t   *testing.T
 	url string
-	b   broker.Broker
+	b   *broker.Broker
 }
 
 func newCLI(t *testing.T) *cli {
-	url := "mem://cli-" + strings.ReplaceAll(t.Name(), "/", "-")
+	return newCLIAt(t, "mem://cli-"+strings.ReplaceAll(t.Name(), "/", "-"))
+}
+
+// newCLIAt is newCLI on the broker at url, which the commands get from
+// QUEUEKIT_BROKER; c.b is the test's own connection to it.
+func newCLIAt(t *testing.T, url string) *cli {
 	b, err := broker.Open(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)

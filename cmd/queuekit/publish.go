@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -61,6 +62,7 @@ func runPublish(ctx context.Context, e *env, args []string) error {
 		return fmt.Errorf("%w: -id names one message, but -lines read %d", errUsage, len(payloads))
 	}
 
+	warnEphemeral(e, *url, "what publish sends vanishes when it exits")
 	b, closeBroker, err := open(ctx, *url)
 	if err != nil {
 		return err
@@ -77,6 +79,9 @@ func runPublish(ctx context.Context, e *env, args []string) error {
 	err = pub.Publish(ctx, *topic, msgs...)
 	if cerr := pub.Close(context.WithoutCancel(ctx)); err == nil {
 		err = cerr
+	}
+	if errors.Is(err, broker.ErrNoGroup) {
+		return &hinted{err: err, msg: fmt.Sprintf("queuekit: publish: topic %s has no group: declare one first (queuekit declare -topic %s -group NAME) or start a consumer; a group receives what is published after it exists", *topic, *topic)}
 	}
 	if err != nil {
 		return err

@@ -33,6 +33,7 @@ func runTail(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args, "topic"); err != nil {
 		return err
 	}
+	warnEphemeral(e, *url, "only this process could publish to it")
 	b, closeBroker, err := open(ctx, *url)
 	if err != nil {
 		return err
@@ -42,7 +43,7 @@ func runTail(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer sub.Close(context.WithoutCancel(ctx))
+	defer closeSubscriber(ctx, e, "tail", sub)
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()

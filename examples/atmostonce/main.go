@@ -3,10 +3,17 @@
 // message — and no message is ever handled twice. It suits data where a gap
 // is cheaper than a duplicate (telemetry samples, cache invalidations).
 //
-//	go run ./examples/atmostonce                      # embedded broker
-//	go run ./examples/atmostonce -broker amqp://guest:guest@127.0.0.1:5672/
+// The guarantee is declared once, when subscribing
+// (SubscriberOptions.Guarantee): the adapter configures the broker for it
+// (an ack that returns only once the broker recorded it) or refuses with an
+// Unsupported error that names the setting that would work; it never runs
+// weaker than asked.
 //
-// It exits non-zero if any message was handled twice.
+//	go run ./examples/atmostonce                      # embedded broker
+//	go run -tags allbrokers ./examples/atmostonce -broker amqp://guest:guest@127.0.0.1:5672/
+//
+// It links only mem:// unless built with -tags allbrokers. It exits
+// non-zero if any message was handled twice.
 package main
 
 import (
@@ -19,8 +26,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	_ "github.com/queuekit/queuekit/adapters/all"
+	_ "github.com/queuekit/queuekit/adapters/memory" // mem://; the others with -tags allbrokers (brokers.go)
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/conformance"
+	"github.com/queuekit/queuekit/examples/internal/linked"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -28,6 +37,10 @@ func main() {
 	url := flag.String("broker", envOr("QUEUEKIT_BROKER", "mem://"), "broker URL")
 	n := flag.Int("n", 1000, "samples to publish")
 	flag.Parse()
+	if err := linked.Check(*url, "./examples/atmostonce"); err != nil {
+		fmt.Fprintln(os.Stderr, "atmostonce:", err)
+		os.Exit(2)
+	}
 	if err := run(*url, *n); err != nil {
 		fmt.Fprintln(os.Stderr, "atmostonce:", err)
 		os.Exit(1)
@@ -44,7 +57,9 @@ func run(url string, n int) error {
 	defer b.Close(context.Background())
 
 	topic := "telemetry-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	sub, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "dashboard"})
+	// Subscribing first declares the group (a publish to a topic without
+	// one fails with broker.ErrNoGroup), with its guarantee.
+	sub, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "dashboard", Guarantee: semantics.AtMostOnce})
 	if err != nil {
 		return err
 	}
@@ -55,7 +70,7 @@ func run(url string, n int) error {
 	}
 	defer pub.Close(context.Background())
 
-	ledger := semantics.NewLedger()
+	ledger := conformance.NewLedger()
 	msgs := make([]*broker.Message, n)
 	for i := range msgs {
 		msgs[i] = &broker.Message{Key: "sensor-" + strconv.Itoa(i%10), Payload: []byte(strconv.Itoa(i))}
@@ -89,8 +104,11 @@ func run(url string, n int) error {
 	consumed := make(chan error, 1)
 	go func() {
 		consumed <- broker.Consume(consumeCtx, sub, handler, broker.ConsumeOptions{
-			Guarantee: semantics.AtMostOnce,
-			OnError:   func(*broker.Message, error) {}, // failures are counted below
+			OnError: func(m *broker.Message, err error) {
+				if !errors.Is(err, errFlaky) { // the injected failures are counted below
+					fmt.Fprintf(os.Stderr, "atmostonce: %s: %v\n", m.ID, err)
+				}
+			},
 		})
 	}()
 	select {

@@ -4,12 +4,14 @@
 // Prometheus exporter, served on /metrics by prometheus/client_golang.
 //
 // Some messages fail their first attempt (retried), some always fail
-// (dead-lettered); the consumer lag gauge reads the broker's queue depth
-// where the adapter exposes it (mem:// and RabbitMQ).
+// (dead-lettered); the consumer lag gauge reads the group's backlog
+// (broker.Broker.Backlog) where the adapter can tell it.
 //
 //	go run ./examples/metrics                  # run, then print the scrape of /metrics
 //	go run ./examples/metrics -listen :9464    # and keep serving it for Prometheus
-//	go run ./examples/metrics -broker amqp://guest:guest@127.0.0.1:5672/
+//	go run -tags allbrokers ./examples/metrics -broker amqp://guest:guest@127.0.0.1:5672/
+//
+// It links only mem:// unless built with -tags allbrokers.
 package main
 
 import (
@@ -33,15 +35,15 @@ import (
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
-	_ "github.com/queuekit/queuekit/adapters/all"
-	"github.com/queuekit/queuekit/adapters/memory"
-	"github.com/queuekit/queuekit/adapters/rabbitmq"
+	_ "github.com/queuekit/queuekit/adapters/memory" // mem://; the others with -tags allbrokers (brokers.go)
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/examples/internal/linked"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/middleware/dedupe"
 	"github.com/queuekit/queuekit/middleware/dlq"
 	qkotel "github.com/queuekit/queuekit/middleware/otel"
 	"github.com/queuekit/queuekit/middleware/retry"
+	"github.com/queuekit/queuekit/semantics"
 )
 
 func main() {
@@ -49,6 +51,10 @@ func main() {
 	n := flag.Int("messages", 500, "messages to publish")
 	listen := flag.String("listen", "", "keep serving /metrics on this address (such as :9464) until interrupted")
 	flag.Parse()
+	if err := linked.Check(*url, "./examples/metrics"); err != nil {
+		fmt.Fprintln(os.Stderr, "metrics:", err)
+		os.Exit(2)
+	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer cancel()
 	if err := run(ctx, *url, *n, *listen, os.Stdout); err != nil {
@@ -96,6 +102,8 @@ func run(ctx context.Context, url string, n int, listen string, out io.Writer) e
 	topic := "metrics-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	defer forget(b, dlq.Topic(topic), "ops")
 	defer forget(b, topic, "billing")
+	// Subscribe first: the groups must exist before the first publish
+	// (which fails with broker.ErrNoGroup otherwise).
 	dead, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: dlq.Topic(topic), Group: "ops"})
 	if err != nil {
 		return err
@@ -113,7 +121,7 @@ func run(ctx context.Context, url string, n int, listen string, out io.Writer) e
 	defer raw.Close(context.Background())
 	pub := tel.Publisher(raw) // counts and injects trace context
 
-	if lag := lagOf(b, topic, "billing"); lag != nil {
+	if lag := lagOf(ctx, b, topic, "billing"); lag != nil {
 		stop, err := tel.ObserveLag(topic, "billing", lag)
 		if err != nil {
 			return err
@@ -199,31 +207,28 @@ func run(ctx context.Context, url string, n int, listen string, out io.Writer) e
 
 // forget deletes a subscription where it outlives its subscribers
 // (RabbitMQ queues), so that runs leave nothing behind.
-func forget(b broker.Broker, topic, group string) {
-	if d, ok := b.(interface {
+func forget(b *broker.Broker, topic, group string) {
+	var d interface {
 		DeleteSubscription(ctx context.Context, topic, group string) error
-	}); ok {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := d.DeleteSubscription(ctx, topic, group); err != nil {
-			fmt.Fprintln(os.Stderr, "metrics: cleanup:", err)
-		}
+	}
+	if !b.As(&d) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.DeleteSubscription(ctx, topic, group); err != nil {
+		fmt.Fprintln(os.Stderr, "metrics: cleanup:", err)
 	}
 }
 
-// lagOf returns the group's backlog where the adapter tells it.
-func lagOf(b broker.Broker, topic, group string) func(context.Context) (int64, error) {
-	switch b := b.(type) {
-	case *memory.Broker:
-		return func(context.Context) (int64, error) {
-			st, _ := b.Depth(topic, group)
-			return int64(st.Depth()), nil
-		}
-	case *rabbitmq.Broker:
-		return func(ctx context.Context) (int64, error) {
-			q, err := b.Inspect(ctx, topic, group)
-			return int64(q.Messages), err
-		}
+// lagOf returns the group's backlog, or nil where the adapter cannot tell
+// it (Backlog returns an Unsupported error).
+func lagOf(ctx context.Context, b *broker.Broker, topic, group string) func(context.Context) (int64, error) {
+	if _, err := b.Backlog(ctx, topic, group); broker.KindOf(err) == semantics.Unsupported {
+		return nil
 	}
-	return nil
+	return func(ctx context.Context) (int64, error) {
+		bl, err := b.Backlog(ctx, topic, group)
+		return bl.Pending, err
+	}
 }

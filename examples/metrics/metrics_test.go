@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/queuekit/queuekit/adapters/rabbitmq" // amqp://, for TestRabbitMQ
 	"github.com/queuekit/queuekit/internal/testenv"
 )
 

@@ -1,7 +1,13 @@
 // Command benchtable reads `go test -bench` output on stdin, passes it
 // through, and then prints a table that pairs each Benchmark<Thing>/raw (or
-// /watermill, /channel) row with its Benchmark<Thing>/queuekit row from the
-// same run, with the ratio of their msgs/s and their allocations per message.
+// /watermill, /channel, or /single for one-at-a-time handling against
+// batches) row with its Benchmark<Thing>/queuekit row from the
+// same run, with the ratio of their msgs/s and their allocations per message,
+// and, for pairs that report latency percentiles (p50-us, p99-us, p999-us:
+// microseconds), a second table with the percentiles side by side. Where
+// both rows report CPU per message (cpu-ns/msg, and srv-cpu-ns/msg for the
+// broker's process), the cpu ratio column divides the baseline's by
+// queuekit's: the figure a loaded machine disturbs least.
 // With -count N, each row is the median of its N runs.
 //
 //	go test -run '^$' -bench . -benchmem ./... | go run ./internal/benchtable
@@ -20,7 +26,16 @@ type row struct {
 	msgsPerSec float64
 	allocs     float64
 	hasAllocs  bool
+	lat        [len(latencyUnits)]float64 // microseconds, by latencyUnits
+	hasLat     bool
+	rate       float64 // rate-msgs/s: the fixed rate a latency run used
+	cpu        float64 // cpu-ns/msg (cpu-us/msg × 1000): the process's CPU per message
+	srv        float64 // srv-cpu-ns/msg: the broker process's CPU per message
 }
+
+// latencyUnits are the latency metrics benchtable reads, in the order of
+// row.lat.
+var latencyUnits = [...]string{"p50-us", "p99-us", "p999-us"}
 
 func main() {
 	runs := map[string]map[string][]row{} // thing -> variant -> one row per run
@@ -56,13 +71,14 @@ func main() {
 	if count > 1 {
 		fmt.Printf("(each figure is the median of up to %d runs)\n", count)
 	}
-	fmt.Printf("%-44s %-10s %14s %14s %8s %12s\n", "benchmark", "baseline", "baseline msg/s", "queuekit msg/s", "ratio", "allocs/msg")
+	fmt.Printf("%-44s %-10s %14s %14s %8s %12s %10s\n", "benchmark", "baseline", "baseline msg/s", "queuekit msg/s", "ratio", "allocs/msg", "cpu ratio")
+	defer printLatency(things, rows)
 	for _, t := range things {
 		q, ok := rows[t]["queuekit"]
 		if !ok {
 			continue
 		}
-		for _, base := range []string{"raw", "channel", "watermill"} {
+		for _, base := range []string{"raw", "channel", "watermill", "single"} {
 			b, ok := rows[t][base]
 			if !ok || b.msgsPerSec == 0 {
 				continue
@@ -71,9 +87,24 @@ func main() {
 			if q.hasAllocs {
 				allocs = strconv.FormatFloat(q.allocs, 'f', 1, 64)
 			}
-			fmt.Printf("%-44s %-10s %14.0f %14.0f %8.2f %12s\n", t, base, b.msgsPerSec, q.msgsPerSec, q.msgsPerSec/b.msgsPerSec, allocs)
+			fmt.Printf("%-44s %-10s %14.0f %14.0f %8.2f %12s %10s\n", t, base, b.msgsPerSec, q.msgsPerSec, q.msgsPerSec/b.msgsPerSec, allocs, cpuRatio(b, q))
 		}
 	}
+}
+
+// cpuRatio is the baseline's CPU per message over queuekit's — this
+// process's plus the broker's where both rows report it — or "-". On a
+// loaded machine it is steadier than the msgs/s ratio: above 1, queuekit
+// spends less CPU per message than the baseline.
+func cpuRatio(b, q row) string {
+	if b.cpu == 0 || q.cpu == 0 {
+		return "-"
+	}
+	bc, qc := b.cpu, q.cpu
+	if b.srv > 0 && q.srv > 0 {
+		bc, qc = bc+b.srv, qc+q.srv
+	}
+	return strconv.FormatFloat(bc/qc, 'f', 2, 64)
 }
 
 // parse reads "BenchmarkThing/variant-2  N  ... 123 msgs/s ... 2.0 allocs/msg".
@@ -104,6 +135,22 @@ func parse(line string) (thing, variant string, r row, ok bool) {
 			ok = true
 		case "allocs/msg":
 			r.allocs, r.hasAllocs = v, true
+		case "rate-msgs/s":
+			r.rate = v
+		case "cpu-ns/msg":
+			r.cpu = v
+		case "cpu-us/msg":
+			r.cpu = v * 1000
+		case "srv-cpu-ns/msg":
+			r.srv = v
+		case "srv-cpu-us/msg":
+			r.srv = v * 1000
+		default:
+			for k, u := range latencyUnits {
+				if f[i+1] == u {
+					r.lat[k], r.hasLat, ok = v, true, true
+				}
+			}
 		}
 	}
 	return
@@ -122,9 +169,45 @@ func median(rs []row) row {
 		}
 		return (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
-	return row{
+	m := row{
 		msgsPerSec: by(func(r row) float64 { return r.msgsPerSec }),
 		allocs:     by(func(r row) float64 { return r.allocs }),
 		hasAllocs:  rs[0].hasAllocs,
+		hasLat:     rs[0].hasLat,
+		rate:       by(func(r row) float64 { return r.rate }),
+		cpu:        by(func(r row) float64 { return r.cpu }),
+		srv:        by(func(r row) float64 { return r.srv }),
+	}
+	for k := range m.lat {
+		m.lat[k] = by(func(r row) float64 { return r.lat[k] })
+	}
+	return m
+}
+
+// printLatency prints the latency percentiles of each baseline and
+// queuekit pair that reports them.
+func printLatency(things []string, rows map[string]map[string]row) {
+	header := false
+	for _, t := range things {
+		q, ok := rows[t]["queuekit"]
+		if !ok || !q.hasLat {
+			continue
+		}
+		for _, base := range []string{"raw", "channel", "watermill", "single"} {
+			b, ok := rows[t][base]
+			if !ok || !b.hasLat {
+				continue
+			}
+			if !header {
+				fmt.Println()
+				fmt.Printf("%-44s %-10s %11s %21s %21s %21s\n", "latency, microseconds", "baseline", "rate msg/s", "p50 baseline/queuekit", "p99 baseline/queuekit", "p999 baseline/queuekit")
+				header = true
+			}
+			fmt.Printf("%-44s %-10s %11.0f", t, base, q.rate)
+			for k := range latencyUnits {
+				fmt.Printf(" %10.0f/%-10.0f", b.lat[k], q.lat[k])
+			}
+			fmt.Println()
+		}
 	}
 }

@@ -15,14 +15,17 @@ const module = "github.com/queuekit/queuekit"
 var core = []string{
 	"semantics",
 	"broker",
+	"broker/driver",
 	"conformance",
+	"conformance/faultproxy",
+	"outbox",
+	"ingest/limitreq",
 	"adapters/memory",
 	"middleware",
 	"middleware/retry",
 	"middleware/dedupe",
 	"middleware/dedupe/dedupetest",
 	"middleware/dlq",
-	"middleware/ordering",
 	"middleware/timeout",
 	"middleware/recover",
 	"middleware/ratelimit",
@@ -37,9 +40,11 @@ var sdks = map[string][]string{
 	"cloud.google.com/go/pubsub":         {"adapters/pubsub", "adapters/all", "cmd/", "examples/"},
 	"google.golang.org/grpc":             {"adapters/pubsub", "adapters/all", "middleware/otel", "cmd/", "examples/"},
 	"github.com/ThreeDotsLabs/watermill": {"adapters/watermill", "cmd/", "examples/"},
-	"github.com/redis/go-redis":          {"middleware/dedupe/redisstore", "cmd/", "examples/"},
+	"github.com/redis/go-redis":          {"middleware/dedupe/redisstore", "adapters/redisstreams", "adapters/all", "cmd/", "examples/"},
+	"github.com/nats-io/nats.go":         {"adapters/nats", "adapters/all", "cmd/", "examples/"},
+	"github.com/go-sql-driver/mysql":     {"cmd/", "examples/"},
 	"github.com/jackc/pgx":               {"middleware/dedupe/pgstore", "outbox", "cmd/", "examples/"},
-	"go.opentelemetry.io/otel":           {"middleware/otel", "adapters/pubsub", "adapters/all", "cmd/", "examples/"},
+	"go.opentelemetry.io/otel":           {"middleware/otel", "adapters/pubsub", "adapters/all", "ingest", "cmd/", "examples/"},
 }
 
 // deps lists the non-standard packages that each of pkgs compiles (test

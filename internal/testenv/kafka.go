@@ -2,6 +2,9 @@ package testenv
 
 import (
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -77,4 +80,28 @@ func startKfake() *kafkaEnv {
 		}
 	})
 	return e
+}
+
+// KafkaJS returns the node executable and the node_modules directory that
+// holds kafkajs (internal/testenv/npm, installed there by make test with
+// npm ci), for interop tests that run a kafkajs script with NODE_PATH set to
+// that directory. Without node or kafkajs, t is skipped (failed under
+// CI=true) with a message that says how to provide them.
+func KafkaJS(t testing.TB) (node, nodePath string) {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		Unavailable(t, "kafkajs (Node.js)", errors.New("node is not on PATH"),
+			"install Node.js 20 or newer (Debian: apt-get install nodejs npm), then run make test (npm ci in internal/testenv/npm)")
+	}
+	dir, err := npmDir()
+	if err != nil {
+		Unavailable(t, "kafkajs", err, "run the tests from inside the module")
+	}
+	nodePath = filepath.Join(dir, "node_modules")
+	if _, err := os.Stat(filepath.Join(nodePath, "kafkajs", "package.json")); err != nil {
+		Unavailable(t, "kafkajs", errors.New("kafkajs is not installed in internal/testenv/npm/node_modules"),
+			"run make test, or npm ci --prefix internal/testenv/npm")
+	}
+	return node, nodePath
 }

@@ -31,7 +31,11 @@ var pstestShared struct {
 //   - neither: a pstest server (cloud.google.com/go/pubsub/v2/pstest) in a
 //     process of its own (internal/testenv/pstestserver, built without
 //     -race: pstest has data races of its own) on 127.0.0.1, shared by
-//     every test of the binary and ending with it.
+//     every test of the binary and ending with it. It forwards a message
+//     nacked on its last attempt to the dead-letter topic once, as the
+//     real service does (pstest alone forwards it again and again, and
+//     holds back the rest of its ordering key): an emulator given by
+//     PUBSUB_EMULATOR_HOST may not.
 //
 // When no server can be had, t is skipped (failed under CI=true) with a
 // message that says how to provide one.

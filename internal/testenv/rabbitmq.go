@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,11 +62,17 @@ func amqpAddr(raw string) (string, error) {
 // DeleteRabbitMQ deletes queues, then exchanges, on the server at amqpURL,
 // logging what it cannot delete rather than failing: tests call it from
 // t.Cleanup so that the shared server does not fill up with their names.
+// For each group queue "<topic>.<group>" (or delay queue
+// "<topic>.<group>.qk-delay-<ms>ms") it also deletes the topic's topology
+// registry, "<topic>.qk-topology", which the RabbitMQ adapter declares
+// beside the queues (tests use topics of their own; a test that shares a
+// topic with another should delete with the adapter's DeleteTopic instead).
 func DeleteRabbitMQ(t testing.TB, amqpURL string, queues, exchanges []string) {
 	t.Helper()
 	if len(queues) == 0 && len(exchanges) == 0 {
 		return
 	}
+	queues = withRegistries(queues)
 	conn, err := amqp.Dial(amqpURL)
 	if err != nil {
 		t.Logf("cleanup: %v", err)
@@ -89,4 +96,32 @@ func DeleteRabbitMQ(t testing.TB, amqpURL string, queues, exchanges []string) {
 	for _, x := range exchanges {
 		del("exchange", x, func(ch *amqp.Channel) error { return ch.ExchangeDelete(x, false, false) })
 	}
+}
+
+// withRegistries returns queues followed by the topology registries of the
+// topics they belong to (see DeleteRabbitMQ).
+func withRegistries(queues []string) []string {
+	const registry, delay = ".qk-topology", ".qk-delay-"
+	all := append([]string(nil), queues...)
+	seen := make(map[string]bool, len(queues))
+	for _, q := range queues {
+		seen[q] = true
+	}
+	for _, q := range queues {
+		if strings.HasSuffix(q, registry) {
+			continue
+		}
+		if i := strings.Index(q, delay); i >= 0 {
+			q = q[:i]
+		}
+		i := strings.LastIndexByte(q, '.')
+		if i <= 0 {
+			continue
+		}
+		if r := q[:i] + registry; !seen[r] {
+			seen[r] = true
+			all = append(all, r)
+		}
+	}
+	return all
 }

@@ -25,7 +25,10 @@ var (
 	sqsEndpoint string
 	sqsErr      error
 	sqsHow      string
-	sqsStdin    io.WriteCloser // held open for the life of the process; fauxqs exits when it closes
+	// sqsStdin is only written: it keeps fauxqs's standard input reachable,
+	// so that no finalizer closes it (fauxqs exits when it closes).
+	//lint:ignore U1000 reachable on purpose, see above
+	sqsStdin io.WriteCloser
 )
 
 // SQS returns the endpoint URL (http://127.0.0.1:PORT) of an SQS and SNS
@@ -33,8 +36,11 @@ var (
 // installed in internal/testenv/npm by `make test`) started on a free port
 // once per test binary. That process exits when the test binary does,
 // however it ends, because it watches its standard input, a pipe from this
-// process. When no endpoint can be had, t is skipped (failed under CI=true)
-// with a message that says how to provide one.
+// process; its endpoint is then exported in $QUEUEKIT_SQS_ENDPOINT, so that
+// the processes a test starts (the conformance suite's consumer processes,
+// which it kills) reach the same emulator. When no endpoint can be had, t
+// is skipped (failed under CI=true) with a message that says how to
+// provide one.
 func SQS(t testing.TB) string {
 	t.Helper()
 	if ep := os.Getenv(SQSEndpointEnv); ep != "" {
@@ -128,6 +134,10 @@ func startFauxqs() {
 			return
 		}
 		sqsEndpoint = "http://" + addr
+		if err := os.Setenv(SQSEndpointEnv, sqsEndpoint); err != nil {
+			fail(fmt.Errorf("exporting %s: %w", SQSEndpointEnv, err))
+			return
+		}
 	case <-time.After(30 * time.Second):
 		fail(errors.New("fauxqs did not start within 30s"))
 	}

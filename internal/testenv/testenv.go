@@ -1,6 +1,6 @@
 // Package testenv finds or starts the brokers and stores that queuekit's
 // tests talk to: kfake (Kafka protocol), fauxqs (SQS/SNS), pstest (Pub/Sub),
-// RabbitMQ, Redis and PostgreSQL. Each lives in its own file.
+// RabbitMQ, Redis, PostgreSQL and MariaDB. Each lives in its own file.
 //
 // A service that cannot be reached makes the test skip with a message that
 // says how to provide it, except under CI=true, where it fails: CI must

@@ -20,17 +20,17 @@ type naive struct {
 	keys map[string]bool
 }
 
-func (n *naive) Claim(_ context.Context, key string, _ time.Duration) (broker.ClaimResult, error) {
+func (n *naive) Claim(_ context.Context, key string, _ time.Duration) (broker.ClaimResult, string, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.keys[key] {
-		return broker.AlreadyDone, nil
+		return broker.AlreadyDone, "", nil
 	}
 	n.keys[key] = true
-	return broker.Claimed, nil
+	return broker.Claimed, "naive", nil
 }
-func (n *naive) Complete(context.Context, string) error { return nil }
-func (n *naive) Release(context.Context, string) error  { return nil }
+func (n *naive) Complete(context.Context, string, string) error { return nil }
+func (n *naive) Release(context.Context, string, string) error  { return nil }
 
 func TestCrashAfterClaim(t *testing.T) {
 	mwtest.ForEachBroker(t, func(t *testing.T, e *mwtest.Env) {

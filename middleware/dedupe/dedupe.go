@@ -4,14 +4,20 @@
 //
 // It builds on broker.Idempotent and its store contract,
 // broker.IdempotencyStore: a key is claimed with a lease, marked done only
-// after the handler succeeded, and released when the handler failed. That
-// closes both holes of the naive "SETNX id, then handle":
+// after the handler succeeded, and released when the handler failed — only
+// the claim that handler holds (its token), never the claim of a copy that
+// took the key over after the lease expired. That closes both holes of the
+// naive "SETNX id, then handle":
 //
 //   - a consumer that crashes after claiming does not lose the message: the
 //     lease expires and the redelivery is handled;
 //   - a duplicate delivered while the first copy is still in flight is not
 //     handled a second time: it is nacked with a delay
 //     (broker.ErrInFlight) and, when it comes back, finds the key done.
+//
+// When the store fails (down, unreachable, hung past the handler's ctx), the
+// message is nacked with a delay that grows while the failures go on, so an
+// outage costs a few redeliveries per message rather than a storm.
 //
 // Stores: MemoryStore here (bounded, with a TTL; one process only), Redis in
 // dedupe/redisstore (SET NX PX, key prefix "evt:"), PostgreSQL in
@@ -45,6 +51,12 @@ type Options struct {
 	// InFlightDelay is the redelivery delay of a copy that arrives while
 	// another copy is in flight. Default 1s.
 	InFlightDelay time.Duration
+	// StoreErrorDelay is the redelivery delay after the store failed,
+	// doubled with each consecutive failure up to MaxStoreErrorDelay (see
+	// broker.IdempotencyOptions). Default 100ms.
+	StoreErrorDelay time.Duration
+	// MaxStoreErrorDelay caps StoreErrorDelay's growth; default 5s.
+	MaxStoreErrorDelay time.Duration
 	// Key returns a message's idempotency key; default its ID. A message
 	// with an empty key is handled without deduplication.
 	Key func(*broker.Message) string
@@ -82,7 +94,10 @@ func New(store broker.IdempotencyStore, opts Options) broker.Middleware {
 	if store == nil {
 		panic("dedupe: store is nil")
 	}
-	io := broker.IdempotencyOptions{Lease: opts.Lease, InFlightDelay: opts.InFlightDelay, Key: opts.Key, OnDuplicate: opts.OnDuplicate}
+	io := broker.IdempotencyOptions{
+		Lease: opts.Lease, InFlightDelay: opts.InFlightDelay, Key: opts.Key, OnDuplicate: opts.OnDuplicate,
+		StoreErrorDelay: opts.StoreErrorDelay, MaxStoreErrorDelay: opts.MaxStoreErrorDelay,
+	}
 	if st := opts.Stats; st != nil {
 		user := opts.OnDuplicate
 		io.OnDuplicate = func(m *broker.Message) {

@@ -56,7 +56,7 @@ func TestFailureReleasesTheClaim(t *testing.T) {
 func TestInFlightIsCounted(t *testing.T) {
 	var stats dedupe.Stats
 	store := dedupe.NewMemoryStore(dedupe.MemoryOptions{})
-	_, _ = store.Claim(context.Background(), "busy", time.Minute)
+	_, _, _ = store.Claim(context.Background(), "busy", time.Minute)
 	h := dedupe.New(store, dedupe.Options{Stats: &stats})(broker.HandlerFunc(func(context.Context, *broker.Message) error { return nil }))
 	if err := h.Handle(context.Background(), &broker.Message{ID: "busy"}); !errors.Is(err, broker.ErrInFlight) {
 		t.Fatalf("Handle = %v", err)

@@ -28,7 +28,8 @@ func ExampleNew() {
 // A store serves broker.Consume's effectively-once guarantee too.
 func ExampleNewMemoryStore() {
 	store := dedupe.NewMemoryStore(dedupe.MemoryOptions{MaxKeys: 1 << 20})
-	_ = broker.ConsumeOptions{Guarantee: semantics.EffectivelyOnce, Idempotency: store}
+	_ = broker.SubscriberOptions{Topic: "orders", Guarantee: semantics.EffectivelyOnce} // declared once
+	_ = broker.ConsumeOptions{Idempotency: store}
 	fmt.Println(store.Len())
 	// Output:
 	// 0

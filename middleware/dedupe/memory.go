@@ -2,6 +2,7 @@ package dedupe
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"hash/maphash"
 	"sync"
@@ -23,7 +24,8 @@ type MemoryOptions struct {
 // MemoryStore is a broker.IdempotencyStore in process memory, bounded in keys
 // and time. It deduplicates within one process only (use redisstore or
 // pgstore across processes) and forgets everything on restart. It is safe for
-// concurrent use and allocates nothing per message in steady state.
+// concurrent use and allocates nothing per message in steady state (claim
+// tokens are cut from a shared block, one allocation per 64 claims).
 type MemoryStore struct {
 	ttl    int64
 	seed   maphash.Seed
@@ -33,18 +35,42 @@ type MemoryStore struct {
 const memShards = 32
 
 type memShard struct {
-	mu    sync.Mutex
-	m     map[string]int32 // key -> index in slots
-	slots []memSlot        // a ring in insertion order: the oldest is reused first
-	next  int
-	_     [24]byte // keep shards on separate cache lines
+	mu     sync.Mutex
+	m      map[string]int32 // key -> index in slots
+	slots  []memSlot        // a ring in insertion order: the oldest is reused first
+	next   int
+	tokens string   // unused claim tokens, tokenLen bytes each
+	serial uint64   // the number in the next block of tokens
+	_      [56]byte // keep shards on separate cache lines (128 bytes each)
 }
 
 type memSlot struct {
 	key   string
-	until int64 // monotonic ns: lease end while claimed, retention end once done
+	token string // the live claim's, "" once done
+	until int64  // monotonic ns: lease end while claimed, retention end once done
 	used  bool
 	done  bool
+}
+
+const (
+	tokenLen   = 8  // bytes: the shard's index, then a 56-bit serial number
+	tokenBlock = 64 // tokens made at once
+)
+
+// token returns a claim token that this store never returned before. The
+// caller holds sh.mu.
+func (sh *memShard) token() string {
+	if sh.tokens == "" {
+		var b [tokenLen * tokenBlock]byte
+		for i := range tokenBlock {
+			binary.BigEndian.PutUint64(b[i*tokenLen:], sh.serial)
+			sh.serial++
+		}
+		sh.tokens = string(b[:])
+	}
+	t := sh.tokens[:tokenLen]
+	sh.tokens = sh.tokens[tokenLen:]
+	return t
 }
 
 var base = time.Now()
@@ -67,6 +93,7 @@ func NewMemoryStore(opts MemoryOptions) *MemoryStore {
 	for i := range s.shards {
 		s.shards[i].m = make(map[string]int32, min(per, 1024))
 		s.shards[i].slots = make([]memSlot, per)
+		s.shards[i].serial = uint64(i) << 56 // tokens differ across shards too
 	}
 	return s
 }
@@ -77,13 +104,14 @@ func (s *MemoryStore) shard(key string) *memShard {
 
 // add stores key in the next slot of the ring, forgetting the key that held
 // it. The caller holds sh.mu.
-func (sh *memShard) add(key string, until int64, done bool) {
+func (sh *memShard) add(e memSlot) {
 	i := sh.next
 	if old := &sh.slots[i]; old.used {
 		delete(sh.m, old.key)
 	}
-	sh.slots[i] = memSlot{key: key, until: until, used: true, done: done}
-	sh.m[key] = int32(i)
+	e.used = true
+	sh.slots[i] = e
+	sh.m[e.key] = int32(i)
 	sh.next++
 	if sh.next == len(sh.slots) {
 		sh.next = 0
@@ -92,47 +120,50 @@ func (sh *memShard) add(key string, until int64, done bool) {
 
 // Claim takes key for lease unless it is done or claimed by someone else
 // whose lease has not expired.
-func (s *MemoryStore) Claim(_ context.Context, key string, lease time.Duration) (broker.ClaimResult, error) {
+func (s *MemoryStore) Claim(_ context.Context, key string, lease time.Duration) (broker.ClaimResult, string, error) {
 	now := mono()
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	i, ok := sh.m[key]
 	if !ok {
-		sh.add(key, now+int64(lease), false)
-		return broker.Claimed, nil
+		t := sh.token()
+		sh.add(memSlot{key: key, token: t, until: now + int64(lease)})
+		return broker.Claimed, t, nil
 	}
 	e := &sh.slots[i]
 	switch {
 	case e.done && now < e.until:
-		return broker.AlreadyDone, nil
+		return broker.AlreadyDone, "", nil
 	case !e.done && now < e.until:
-		return broker.InFlight, nil
+		return broker.InFlight, "", nil
 	}
-	e.done, e.until = false, now+int64(lease) // expired: take it over
-	return broker.Claimed, nil
+	e.done, e.until, e.token = false, now+int64(lease), sh.token() // expired: take it over
+	return broker.Claimed, e.token, nil
 }
 
-// Complete marks key done for the store's TTL.
-func (s *MemoryStore) Complete(_ context.Context, key string) error {
+// Complete marks key done for the store's TTL, even when the claim token
+// was taken over since (see broker.IdempotencyStore).
+func (s *MemoryStore) Complete(_ context.Context, key, _ string) error {
 	until := mono() + s.ttl
 	sh := s.shard(key)
 	sh.mu.Lock()
 	if i, ok := sh.m[key]; ok {
-		sh.slots[i].done, sh.slots[i].until = true, until
+		e := &sh.slots[i]
+		e.done, e.until, e.token = true, until, ""
 	} else {
-		sh.add(key, until, true)
+		sh.add(memSlot{key: key, until: until, done: true})
 	}
 	sh.mu.Unlock()
 	return nil
 }
 
-// Release drops a claim on key so that a redelivery can claim it at once. A
-// done key stays done.
-func (s *MemoryStore) Release(_ context.Context, key string) error {
+// Release drops the claim token on key so that a redelivery can claim it at
+// once. A claim taken over since, and a done key, stay as they are.
+func (s *MemoryStore) Release(_ context.Context, key, token string) error {
 	sh := s.shard(key)
 	sh.mu.Lock()
-	if i, ok := sh.m[key]; ok && !sh.slots[i].done {
+	if i, ok := sh.m[key]; ok && !sh.slots[i].done && token != "" && sh.slots[i].token == token {
 		delete(sh.m, key)
 		sh.slots[i] = memSlot{}
 	}

@@ -24,18 +24,19 @@ func TestMemoryStoreIsBounded(t *testing.T) {
 	ctx := context.Background()
 	for i := range 10000 {
 		k := fmt.Sprint(i)
-		if res, _ := s.Claim(ctx, k, time.Minute); res != broker.Claimed {
+		res, tok, _ := s.Claim(ctx, k, time.Minute)
+		if res != broker.Claimed {
 			t.Fatalf("fresh key %s: %v", k, res)
 		}
-		_ = s.Complete(ctx, k)
+		_ = s.Complete(ctx, k, tok)
 	}
 	if n := s.Len(); n > 64 {
 		t.Fatalf("store holds %d keys, bound is 64", n)
 	}
-	if res, _ := s.Claim(ctx, "9999", time.Minute); res != broker.AlreadyDone {
+	if res, _, _ := s.Claim(ctx, "9999", time.Minute); res != broker.AlreadyDone {
 		t.Fatalf("the newest key was forgotten: %v", res)
 	}
-	if res, _ := s.Claim(ctx, "0", time.Minute); res != broker.Claimed {
+	if res, _, _ := s.Claim(ctx, "0", time.Minute); res != broker.Claimed {
 		t.Fatalf("the oldest key is still remembered past the bound: %v", res)
 	}
 }
@@ -43,14 +44,14 @@ func TestMemoryStoreIsBounded(t *testing.T) {
 func TestMemoryStoreTTL(t *testing.T) {
 	s := dedupe.NewMemoryStore(dedupe.MemoryOptions{TTL: 50 * time.Millisecond})
 	ctx := context.Background()
-	_, _ = s.Claim(ctx, "k", time.Minute)
-	_ = s.Complete(ctx, "k")
-	if res, _ := s.Claim(ctx, "k", time.Minute); res != broker.AlreadyDone {
+	_, tok, _ := s.Claim(ctx, "k", time.Minute)
+	_ = s.Complete(ctx, "k", tok)
+	if res, _, _ := s.Claim(ctx, "k", time.Minute); res != broker.AlreadyDone {
 		t.Fatalf("done key not remembered: %v", res)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		res, _ := s.Claim(ctx, "k", time.Minute)
+		res, _, _ := s.Claim(ctx, "k", time.Minute)
 		if res == broker.Claimed {
 			break
 		}

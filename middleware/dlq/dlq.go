@@ -48,10 +48,10 @@ import (
 const HeaderRedrives = broker.HeaderPrefix + "redrives"
 
 // Suffix is appended to a topic to name its dead-letter topic.
-const Suffix = ".dlq"
+const Suffix = broker.DeadLetterSuffix
 
 // Topic returns the default dead-letter topic of topic.
-func Topic(topic string) string { return topic + Suffix }
+func Topic(topic string) string { return broker.DeadLetterTopic(topic) }
 
 // Options tune the dlq middleware.
 type Options struct {
@@ -73,7 +73,7 @@ type Options struct {
 
 // New returns the dlq middleware publishing with pub. It panics when pub is
 // nil or an option is negative.
-func New(pub broker.Publisher, opts Options) broker.Middleware {
+func New(pub broker.Sender, opts Options) broker.Middleware {
 	if pub == nil {
 		panic("dlq: publisher is nil")
 	}
@@ -90,7 +90,7 @@ func New(pub broker.Publisher, opts Options) broker.Middleware {
 
 type handler struct {
 	next broker.Handler
-	pub  broker.Publisher
+	pub  broker.Sender
 	o    Options
 }
 

@@ -281,7 +281,7 @@ func TestRedrive(t *testing.T) {
 }
 
 // assertEmpty checks that nothing is left to deliver on sub.
-func assertEmpty(t *testing.T, sub broker.Subscriber) {
+func assertEmpty(t *testing.T, sub *broker.Subscriber) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

@@ -12,7 +12,7 @@ import (
 
 func ExampleRedrive() {
 	ctx := context.Background()
-	b := memory.New(memory.Options{})
+	b := broker.New(memory.New(memory.Options{}))
 	defer b.Close(ctx)
 	pub, _ := b.NewPublisher(ctx)
 	dead, _ := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: "orders.dlq", Group: "ops"})

@@ -64,7 +64,7 @@ type Progress struct {
 // Messages that Filter refuses are held unsettled until the end, so sub must
 // allow enough unsettled deliveries (SubscriberOptions.Prefetch) and a long
 // enough AckTimeout for a filtered run.
-func Redrive(ctx context.Context, sub broker.Subscriber, pub broker.Publisher, opts RedriveOptions) (Progress, error) {
+func Redrive(ctx context.Context, sub *broker.Subscriber, pub broker.Sender, opts RedriveOptions) (Progress, error) {
 	if sub == nil || pub == nil {
 		return Progress{}, errors.New("dlq: redrive needs a subscriber and a publisher")
 	}
@@ -79,7 +79,7 @@ func Redrive(ctx context.Context, sub broker.Subscriber, pub broker.Publisher, o
 	}
 	start := time.Now()
 	var p Progress
-	var held []broker.Delivery
+	var held []*broker.Delivery
 	seen := map[string]bool{} // skipped IDs, so that a redelivered one is not counted twice
 	report := func(done bool) {
 		if opts.Progress != nil {
@@ -133,7 +133,7 @@ func Redrive(ctx context.Context, sub broker.Subscriber, pub broker.Publisher, o
 }
 
 // move publishes d's message to its topic, then acks d.
-func move(ctx context.Context, d broker.Delivery, pub broker.Publisher, topicOf func(*broker.Message) string) error {
+func move(ctx context.Context, d *broker.Delivery, pub broker.Sender, topicOf func(*broker.Message) string) error {
 	m := d.Message()
 	back := m.Clone()
 	back.PublishedAt = time.Time{}

@@ -19,7 +19,7 @@ func ExampleTelemetry_Instrument() {
 	reader := sdkmetric.NewManualReader() // in production: the Prometheus or OTLP exporter
 	tel, _ := qkotel.New(qkotel.Options{MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
 
-	b := memory.New(memory.Options{})
+	b := broker.New(memory.New(memory.Options{}))
 	defer b.Close(ctx)
 	raw, _ := b.NewPublisher(ctx)
 	pub := tel.Publisher(raw) // counts, and puts traceparent in the headers

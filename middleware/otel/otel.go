@@ -219,12 +219,12 @@ func (h *handler) Handle(ctx context.Context, m *broker.Message) error {
 // span whose context is injected into every message's headers (the
 // caller's Message.Headers are written, as Publish writes its ID), and
 // published / publish_failed are counted.
-func (t *Telemetry) Publisher(p broker.Publisher) broker.Publisher {
+func (t *Telemetry) Publisher(p broker.Sender) broker.Sender {
 	return &publisher{p: p, t: t}
 }
 
 type publisher struct {
-	p broker.Publisher
+	p broker.Sender
 	t *Telemetry
 }
 
@@ -262,8 +262,6 @@ func (p *publisher) Publish(ctx context.Context, topic string, msgs ...*broker.M
 	}
 	return err
 }
-
-func (p *publisher) Close(ctx context.Context) error { return p.p.Close(ctx) }
 
 // DeadLettered counts a dead letter; its signature fits
 // dlq.Options.OnDeadLetter.

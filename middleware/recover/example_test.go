@@ -11,13 +11,13 @@ import (
 
 func ExampleNew() {
 	h := qkrecover.New(qkrecover.Options{})(broker.HandlerFunc(func(context.Context, *broker.Message) error {
-		var order map[string]int
-		order["qty"] = 1 // a bug: nil map
+		var order []int
+		_ = order[3] // a bug: index out of range
 		return nil
 	}))
 	err := h.Handle(context.Background(), &broker.Message{ID: "order-1"})
 	var p *broker.PanicError
 	fmt.Println(errors.As(err, &p), p.Value, len(p.Stack) > 0)
 	// Output:
-	// true assignment to entry in nil map true
+	// true runtime error: index out of range [3] with length 0 true
 }

@@ -24,10 +24,20 @@ func TestConformance(t *testing.T) {
 	wmtest.Run(t, wmtest.Suite{
 		Harness: conformance.Harness{
 			Name: "watermill-amqp",
-			Open: func(context.Context) (broker.Broker, error) {
-				return New(url, Options{declared: c.add})
+			Open: func(context.Context) (*broker.Broker, error) {
+				wb, err := New(url, Options{declared: c.add})
+				if err != nil {
+					return nil, err
+				}
+				return broker.New(wb), nil
 			},
 			Timeout: 30 * time.Second,
+		},
+		Expected: map[string]conformance.Verdict{
+			// Refused: watermill-amqp acks asynchronously (see the
+			// package doc).
+			"amo.no-redelivery":             conformance.Unsupported,
+			"amo.no-redelivery-after-crash": conformance.Unsupported,
 		},
 	})
 }

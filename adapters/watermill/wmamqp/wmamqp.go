@@ -1,7 +1,10 @@
-// Package wmamqp opens a queuekit broker over watermill-amqp
+// Package wmamqp opens a queuekit driver over watermill-amqp
 // (github.com/ThreeDotsLabs/watermill-amqp/v3), through the bridge in
 // package watermill, so that queuekit code (Consume, the middleware, the
-// conformance suite) runs on a Watermill RabbitMQ setup.
+// conformance suite) runs on a Watermill RabbitMQ setup:
+//
+//	wb, err := wmamqp.New(url, wmamqp.Options{})
+//	b := broker.New(wb)
 //
 // # Topology and settings
 //
@@ -16,8 +19,17 @@
 //
 //   - Publish returns once RabbitMQ confirmed each message, one message at a
 //     time (watermill-amqp waits for each confirmation before the next
-//     publish). A message published to a topic no group subscribes to yet
-//     is dropped by RabbitMQ: there is no queue bound to the exchange.
+//     publish).
+//   - Topology: Broker.Declare(topic, groups...) declares the topic's
+//     exchange and each group's queue, bound to it (watermill-amqp's
+//     SubscribeInitialize), as NewSubscriber does; the group then keeps
+//     every message published afterwards. A Publish to a topic on which no
+//     group was declared or subscribed to through this broker is refused
+//     with broker.ErrNoGroup: RabbitMQ would drop it when no queue is bound,
+//     and watermill-amqp cannot tell (it has no mandatory-publish returns).
+//     Bindings made by another process are not seen: declare the groups
+//     there too (idempotent), or name the topic with
+//     watermill.Broker.ConsumedOutside.
 //   - A queuekit subscriber makes SubscriberOptions.Prefetch Subscribe calls
 //     (default watermill.DefaultPrefetch), one AMQP channel and consumer each,
 //     since watermill-amqp hands out the next message of a subscription only
@@ -32,19 +44,29 @@
 //     x-single-active-consumer and makes one Subscribe call: one consumer of
 //     the group receives at a time, one message at a time, in queue order
 //     (PerKeyOrdering). A group's Ordering must not change: RabbitMQ refuses
-//     to declare a queue again with other arguments.
+//     to declare a queue again with other arguments, and Declare declares
+//     it without, so let NewSubscriber declare a PerKey group.
+//   - Guarantee AtMostOnce is refused (semantics.Unsupported):
+//     watermill-amqp consumes with manual acks and sends a Watermill Ack to
+//     RabbitMQ later, from its own goroutine, without confirmation (and
+//     nacks instead when its subscriber closes at the same moment), so an
+//     acked message can be delivered again. Queuekit's rabbitmq adapter
+//     consumes with no-ack under AtMostOnce.
 //   - No attempt count (watermill-amqp's classic queues have none; it only
 //     marks redeliveries with the _watermill_amqp_redelivered metadata,
 //     which arrives as a header) and no dead-lettering.
 //   - Messages over MaxMessageSize (default RabbitMQ's 128 MiB) fail before
-//     any I/O.
+//     any I/O, and so do topics and groups whose exchange or queue name
+//     would be over AMQP's 255 bytes.
 //
-// Credentials never appear in errors.
+// Broker.As gives the *amqp091.Connection and watermill-amqp's
+// *amqp.ConnectionWrapper. Credentials never appear in errors.
 package wmamqp
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"time"
@@ -55,7 +77,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/queuekit/queuekit/adapters/watermill"
-	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -107,8 +129,8 @@ func QueueName(topic, group string) string {
 	return wamqp.GenerateQueueNameTopicNameWithSuffix(group)(topic)
 }
 
-// New connects to RabbitMQ at amqpURL and returns a queuekit broker over
-// watermill-amqp, claiming Capabilities.
+// New connects to RabbitMQ at amqpURL and returns a queuekit driver over
+// watermill-amqp, claiming Capabilities; wrap it with broker.New.
 func New(amqpURL string, opts Options) (*watermill.Broker, error) {
 	const op = "watermill-amqp: open"
 	cfg := Config(amqpURL)
@@ -123,12 +145,12 @@ func New(amqpURL string, opts Options) (*watermill.Broker, error) {
 	}
 	conn, err := wamqp.NewConnection(cfg.Connection, opts.Logger)
 	if err != nil {
-		return nil, broker.WrapError(semantics.Transient, op, redact(err, cfg.Connection.AmqpURI))
+		return nil, driver.WrapError(semantics.Transient, op, redact(err, cfg.Connection.AmqpURI))
 	}
 	pub, err := wamqp.NewPublisherWithConnection(cfg, opts.Logger, conn)
 	if err != nil {
 		_ = conn.Close()
-		return nil, broker.WrapError(semantics.InvalidArgument, op, redact(err, cfg.Connection.AmqpURI))
+		return nil, driver.WrapError(semantics.InvalidArgument, op, redact(err, cfg.Connection.AmqpURI))
 	}
 	declared := opts.declared
 	var wpub message.Publisher = pub
@@ -138,7 +160,7 @@ func New(amqpURL string, opts Options) (*watermill.Broker, error) {
 	return watermill.New(watermill.Options{
 		Name:      "watermill-amqp",
 		Publisher: wpub,
-		NewSubscriber: func(_ context.Context, o broker.SubscriberOptions) (message.Subscriber, error) {
+		NewSubscriber: func(_ context.Context, o driver.SubscriberOptions) (message.Subscriber, error) {
 			c := cfg
 			c.Queue.GenerateName = wamqp.GenerateQueueNameTopicNameWithSuffix(o.Group)
 			if o.Ordering == semantics.PerKey {
@@ -156,8 +178,38 @@ func New(amqpURL string, opts Options) (*watermill.Broker, error) {
 		Competing:      true,
 		Capabilities:   Capabilities,
 		MaxMessageSize: opts.MaxMessageSize,
-		OnClose:        conn.Close,
+		CheckNames:     func(topic, group string) error { return checkNames(cfg, topic, group) },
+		As: func(target any) bool {
+			switch t := target.(type) {
+			case **amqp091.Connection:
+				*t = conn.Connection()
+				return *t != nil
+			case **wamqp.ConnectionWrapper:
+				*t = conn
+				return true
+			}
+			return false
+		},
+		OnClose: conn.Close,
 	})
+}
+
+// maxName is AMQP's limit on exchange and queue names (a short string).
+const maxName = 255
+
+// checkNames refuses a topic or group whose exchange or queue name would be
+// over AMQP's limit.
+func checkNames(cfg wamqp.Config, topic, group string) error {
+	if x := cfg.Exchange.GenerateName(topic); len(x) > maxName {
+		return fmt.Errorf("topic %q makes exchange name %q of %d bytes, over AMQP's %d", topic, x, len(x), maxName)
+	}
+	if group == "" {
+		return nil
+	}
+	if q := QueueName(topic, group); len(q) > maxName {
+		return fmt.Errorf("topic %q and group %q make queue name %q of %d bytes, over AMQP's %d", topic, group, q, len(q), maxName)
+	}
+	return nil
 }
 
 // declaring tells Options.declared about the exchanges Publish declares.

@@ -4,29 +4,43 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/queuekit/queuekit/adapters/watermill"
+	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/internal/testenv"
 	"github.com/queuekit/queuekit/semantics"
 )
 
-func open(t *testing.T) (*watermill.Broker, string) {
+func open(t *testing.T) (*broker.Broker, string) {
 	t.Helper()
 	url := testenv.RabbitMQ(t)
 	c := &cleanup{}
 	t.Cleanup(func() { c.run(t, url) })
-	b, err := New(url, Options{declared: c.add})
+	return openWith(t, url, c), randomName()
+}
+
+// openWith opens a broker whose queues and exchanges c deletes.
+func openWith(t *testing.T, url string, c *cleanup) *broker.Broker {
+	t.Helper()
+	wb, err := New(url, Options{declared: c.add})
 	if err != nil {
 		t.Fatal(err)
 	}
+	b := broker.New(wb)
 	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	return b
+}
+
+func randomName() string {
 	var r [4]byte
 	_, _ = rand.Read(r[:])
-	return b, "qk-wmamqp-" + hex.EncodeToString(r[:])
+	return "qk-wmamqp-" + hex.EncodeToString(r[:])
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -35,7 +49,7 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-func publish(t *testing.T, b broker.Broker, topic string, ids ...string) {
+func publish(t *testing.T, b *broker.Broker, topic string, ids ...string) {
 	t.Helper()
 	pub, err := b.NewPublisher(ctxT(t))
 	if err != nil {
@@ -49,7 +63,7 @@ func publish(t *testing.T, b broker.Broker, topic string, ids ...string) {
 	}
 }
 
-func subscribe(t *testing.T, b broker.Broker, opts broker.SubscriberOptions) broker.Subscriber {
+func subscribe(t *testing.T, b *broker.Broker, opts broker.SubscriberOptions) *broker.Subscriber {
 	t.Helper()
 	sub, err := b.NewSubscriber(ctxT(t), opts)
 	if err != nil {
@@ -61,7 +75,7 @@ func subscribe(t *testing.T, b broker.Broker, opts broker.SubscriberOptions) bro
 
 // nextGets checks that a new subscriber of group "g" on topic receives
 // (and acks) every message in ids.
-func nextGets(t *testing.T, b broker.Broker, topic string, ids ...string) {
+func nextGets(t *testing.T, b *broker.Broker, topic string, ids ...string) {
 	t.Helper()
 	sub := subscribe(t, b, broker.SubscriberOptions{Topic: topic, Group: "g"})
 	want := map[string]bool{}
@@ -140,6 +154,57 @@ func TestPerKeySingleActiveConsumer(t *testing.T) {
 	}
 	if strings.Join(got, "") != strings.Join(ids, "") {
 		t.Errorf("order %v", got)
+	}
+}
+
+// Declare makes a group's queue, which keeps what is published before its
+// first subscriber. Another broker (another process) does not see the group
+// and refuses to publish to the topic until it declares the group too,
+// which is idempotent.
+func TestDeclareAndHasGroup(t *testing.T) {
+	url := testenv.RabbitMQ(t)
+	c := &cleanup{}
+	t.Cleanup(func() { c.run(t, url) })
+	b, other, topic := openWith(t, url, c), openWith(t, url, c), randomName()
+	ctx := ctxT(t)
+	if err := b.Declare(ctx, topic, "g"); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, topic, "early")
+	pub, err := other.NewPublisher(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close(ctx)
+	if err := pub.Publish(ctx, topic, &broker.Message{ID: "refused"}); !errors.Is(err, broker.ErrNoGroup) {
+		t.Fatalf("Publish from a broker that declared no group = %v, want ErrNoGroup", err)
+	}
+	if err := other.Declare(ctx, topic, "g"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(ctx, topic, &broker.Message{ID: "late"}); err != nil {
+		t.Fatal(err)
+	}
+	nextGets(t, b, topic, "early", "late")
+}
+
+// At-most-once is refused, naming why; names too long for AMQP are refused
+// before any I/O; As reaches the AMQP connection.
+func TestRefusals(t *testing.T) {
+	b, topic := open(t)
+	ctx := ctxT(t)
+	_, err := b.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Guarantee: semantics.AtMostOnce})
+	if broker.KindOf(err) != semantics.Unsupported || !strings.Contains(err.Error(), "at-most-once") {
+		t.Errorf("AtMostOnce: %v, want unsupported", err)
+	}
+	long := strings.Repeat("x", 250)
+	if err := b.Declare(ctx, long, "group"); broker.KindOf(err) != semantics.InvalidArgument {
+		t.Errorf("Declare with a queue name over 255 bytes: %v", err)
+	}
+	var conn *amqp091.Connection
+	var wrapper *wamqp.ConnectionWrapper
+	if !b.As(&conn) || conn == nil || !b.As(&wrapper) {
+		t.Errorf("As: connection %v, wrapper %v", conn, wrapper)
 	}
 }
 

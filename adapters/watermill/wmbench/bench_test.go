@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +29,7 @@ import (
 	"github.com/queuekit/queuekit/adapters/memory"
 	"github.com/queuekit/queuekit/adapters/rabbitmq"
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/internal/benchmeter"
 	"github.com/queuekit/queuekit/internal/testenv"
 )
 
@@ -183,22 +183,16 @@ func measurePublish(b *testing.B, r *rig) {
 
 // report times fn and reports msgs/s and allocs/msg for b.N messages.
 func report(b *testing.B, fn func() error) {
-	runtime.GC()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	b.ResetTimer()
+	m := benchmeter.Start(b)
 	if err := fn(); err != nil {
 		b.Fatal(err)
 	}
-	b.StopTimer()
-	runtime.ReadMemStats(&after)
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
-	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(b.N), "allocs/msg")
+	m.Stop(b.N)
 }
 
 // queuekitRig consumes topic with broker.Consume and publishes through one
 // publisher; closing it closes bk.
-func queuekitRig(r *rig, bk broker.Broker, topic string) error {
+func queuekitRig(r *rig, bk *broker.Broker, topic string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	sub, err := bk.NewSubscriber(ctx, broker.SubscriberOptions{Topic: topic, Group: "bench"})
 	if err != nil {
@@ -282,7 +276,7 @@ func BenchmarkMemoryPublishVsGoChannel(b *testing.B) {
 
 func memoryRig(b *testing.B) *rig {
 	return getRig(b, "memory", func(r *rig) error {
-		return queuekitRig(r, memory.New(memory.Options{}), "bench")
+		return queuekitRig(r, broker.New(memory.New(memory.Options{})), "bench")
 	})
 }
 
@@ -321,7 +315,7 @@ func kafkaRig(b *testing.B) *rig {
 		if err != nil {
 			return err
 		}
-		return queuekitRig(r, k, "bench-queuekit")
+		return queuekitRig(r, broker.New(k), "bench-queuekit")
 	})
 }
 
@@ -383,7 +377,7 @@ func rabbitMQRig(b *testing.B) *rig {
 		}
 		topic := "qk-wmbench-" + suffix
 		addCleanup(url, topic+".bench")
-		return queuekitRig(r, rb, topic)
+		return queuekitRig(r, broker.New(rb), topic)
 	})
 }
 

@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,6 +22,14 @@ type InboxOptions struct {
 	// InFlightDelay is the redelivery delay of a copy that arrives while
 	// another copy is being handled; default 1s.
 	InFlightDelay time.Duration
+	// StoreErrorDelay is the redelivery delay of a message whose inbox
+	// statements failed (the database is down or unreachable): the error
+	// carries it (see broker.RetryAfter). It doubles with each consecutive
+	// failure of a Handler, up to MaxStoreErrorDelay, and starts again once
+	// the database answers. Default 100ms.
+	StoreErrorDelay time.Duration
+	// MaxStoreErrorDelay caps StoreErrorDelay's growth; default 5s.
+	MaxStoreErrorDelay time.Duration
 	// OnDuplicate observes each message skipped as already processed.
 	OnDuplicate func(*broker.Message)
 }
@@ -45,12 +54,20 @@ func NewInbox(ctx context.Context, db DB, opts InboxOptions) (*Inbox, error) {
 	if db == nil {
 		return nil, broker.Errorf(semantics.InvalidArgument, op, "db is nil")
 	}
-	if opts.InFlightDelay < 0 {
-		return nil, broker.Errorf(semantics.InvalidArgument, op, "InFlightDelay is %v, must be >= 0", opts.InFlightDelay)
+	if opts.InFlightDelay < 0 || opts.StoreErrorDelay < 0 || opts.MaxStoreErrorDelay < 0 {
+		return nil, broker.Errorf(semantics.InvalidArgument, op, "InFlightDelay %v, StoreErrorDelay %v and MaxStoreErrorDelay %v must be >= 0",
+			opts.InFlightDelay, opts.StoreErrorDelay, opts.MaxStoreErrorDelay)
 	}
 	if opts.InFlightDelay == 0 {
 		opts.InFlightDelay = time.Second
 	}
+	if opts.StoreErrorDelay == 0 {
+		opts.StoreErrorDelay = 100 * time.Millisecond
+	}
+	if opts.MaxStoreErrorDelay == 0 {
+		opts.MaxStoreErrorDelay = 5 * time.Second
+	}
+	opts.MaxStoreErrorDelay = max(opts.MaxStoreErrorDelay, opts.StoreErrorDelay)
 	if opts.Key == nil {
 		opts.Key = func(m *broker.Message) string { return m.ID }
 	}
@@ -84,14 +101,17 @@ func NewInbox(ctx context.Context, db DB, opts InboxOptions) (*Inbox, error) {
 //     rolls back, nothing is recorded, and the redelivery is handled.
 //
 // A commit whose outcome is unknown (the connection dropped during COMMIT)
-// is safe too: the redelivery finds the key recorded if it committed.
+// is safe too: the redelivery finds the key recorded if it committed. While
+// the database fails, messages come back after a growing delay (see
+// InboxOptions.StoreErrorDelay).
 func (in *Inbox) Handler(fn TxHandler) broker.Handler {
-	return &inboxHandler{in: in, fn: fn}
+	return &inboxHandler{in: in, fn: fn, backoff: backoff{base: in.o.StoreErrorDelay, limit: in.o.MaxStoreErrorDelay}}
 }
 
 type inboxHandler struct {
-	in *Inbox
-	fn TxHandler
+	in      *Inbox
+	fn      TxHandler
+	backoff backoff
 }
 
 // Stage names this handler for middleware.Check: it plays dedupe's part.
@@ -102,7 +122,7 @@ func (h *inboxHandler) Handle(ctx context.Context, m *broker.Message) (err error
 	in := h.in
 	tx, err := in.db.Begin(ctx)
 	if err != nil {
-		return wrap(op, err)
+		return h.backoff.retry(wrap(op, err))
 	}
 	defer func() {
 		if err != nil {
@@ -113,15 +133,17 @@ func (h *inboxHandler) Handle(ctx context.Context, m *broker.Message) (err error
 	if key != "" {
 		var locked bool
 		if err := tx.QueryRow(ctx, in.lockSQL, key, in.table).Scan(&locked); err != nil {
-			return wrap(op, err)
+			return h.backoff.retry(wrap(op, err))
 		}
 		if !locked {
+			h.backoff.reset()
 			return broker.RetryAfter(broker.ErrInFlight, in.o.InFlightDelay)
 		}
 		tag, err := tx.Exec(ctx, in.insertSQL, key)
 		if err != nil {
-			return wrap(op, err)
+			return h.backoff.retry(wrap(op, err))
 		}
+		h.backoff.reset()
 		if tag.RowsAffected() == 0 {
 			if in.o.OnDuplicate != nil {
 				in.o.OnDuplicate(m)
@@ -133,9 +155,34 @@ func (h *inboxHandler) Handle(ctx context.Context, m *broker.Message) (err error
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return wrap(op+": commit", err)
+		return h.backoff.retry(wrap(op+": commit", err))
 	}
+	h.backoff.reset()
 	return nil
+}
+
+// backoff turns consecutive database failures into growing redelivery
+// delays, as broker.Idempotent does for its store.
+type backoff struct {
+	base, limit time.Duration
+	fails       atomic.Int64
+}
+
+// retry counts a failure and returns err with its redelivery delay: base
+// doubled once per earlier consecutive failure, at most limit.
+func (b *backoff) retry(err error) error {
+	d := b.base
+	for n := b.fails.Add(1) - 1; n > 0 && d < b.limit; n-- {
+		d *= 2
+	}
+	return broker.RetryAfter(err, min(d, b.limit))
+}
+
+// reset ends a run of failures: the database answered.
+func (b *backoff) reset() {
+	if b.fails.Load() != 0 {
+		b.fails.Store(0)
+	}
 }
 
 // Processed reports whether key was recorded as processed.

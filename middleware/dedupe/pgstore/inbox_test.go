@@ -15,6 +15,7 @@ import (
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/internal/testenv"
 	"github.com/queuekit/queuekit/middleware"
+	"github.com/queuekit/queuekit/middleware/dedupe/dedupetest"
 	"github.com/queuekit/queuekit/middleware/dedupe/pgstore"
 	"github.com/queuekit/queuekit/middleware/internal/mwtest"
 )
@@ -197,5 +198,16 @@ func TestInboxOverBrokers(t *testing.T) {
 		if rows != 50 || distinct != 50 {
 			t.Fatalf("%d rows for %d ids, want 50 and 50", rows, distinct)
 		}
+	})
+}
+
+// While PostgreSQL is down, the inbox's consumer backs off instead of
+// nacking at once.
+func TestInboxUnavailable(t *testing.T) {
+	pool, p := proxied(t)
+	in := inbox(t, pool, table(t, db(t), "inbox"), pgstore.InboxOptions{})
+	p.Cut()
+	dedupetest.UnavailableStep(t, func(next broker.Handler) broker.Handler {
+		return in.Handler(func(ctx context.Context, _ pgx.Tx, m *broker.Message) error { return next.Handle(ctx, m) })
 	})
 }

@@ -4,10 +4,12 @@
 //   - Store, a broker.IdempotencyStore for the dedupe middleware and for
 //     semantics.EffectivelyOnce: one row per key in a table with the key as
 //     primary key. Claim inserts the row with a claim token and a lease (or
-//     takes over a row whose lease expired), Complete marks it done, Release
-//     deletes it while it still holds this process's token. A crashed
-//     consumer's claim expires with its lease; a copy arriving while
-//     another is in flight finds the live claim and is deferred.
+//     takes over a row whose lease expired) and returns the token, Complete
+//     marks it done, Release deletes it while it still holds the caller's
+//     token (so a handler whose lease expired cannot release the claim
+//     another handler took over since). A crashed consumer's claim expires
+//     with its lease; a copy arriving while another is in flight finds the
+//     live claim and is deferred.
 //   - Inbox, the transactional inbox: the handler gets a transaction in which
 //     the inbox also records the message key, and both commit together. So
 //     a message's effects and its processed mark are never apart — not even
@@ -28,7 +30,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -56,9 +57,8 @@ type Options struct {
 // Store is a broker.IdempotencyStore in a PostgreSQL table. It is safe for
 // concurrent use.
 type Store struct {
-	db     DB
-	table  string // quoted identifier
-	tokens sync.Map
+	db    DB
+	table string // quoted identifier
 
 	claimSQL, stateSQL, completeSQL, releaseSQL, purgeSQL string
 }
@@ -96,19 +96,18 @@ func New(ctx context.Context, db DB, opts Options) (*Store, error) {
 }
 
 // Claim takes key for lease: it inserts the row, or takes over a row whose
-// lease expired.
-func (s *Store) Claim(ctx context.Context, key string, lease time.Duration) (broker.ClaimResult, error) {
+// lease expired, with a new random token that it returns.
+func (s *Store) Claim(ctx context.Context, key string, lease time.Duration) (broker.ClaimResult, string, error) {
 	const op = "pgstore: claim"
 	token := newToken()
 	for range 3 { // a row released between the two statements: look again
 		var got string
 		err := s.db.QueryRow(ctx, s.claimSQL, key, token, lease.Microseconds()).Scan(&got)
 		if err == nil {
-			s.tokens.Store(key, token)
-			return broker.Claimed, nil
+			return broker.Claimed, token, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return 0, wrap(op, err)
+			return 0, "", wrap(op, err)
 		}
 		var done bool
 		err = s.db.QueryRow(ctx, s.stateSQL, key).Scan(&done)
@@ -116,30 +115,30 @@ func (s *Store) Claim(ctx context.Context, key string, lease time.Duration) (bro
 		case errors.Is(err, pgx.ErrNoRows):
 			continue
 		case err != nil:
-			return 0, wrap(op, err)
+			return 0, "", wrap(op, err)
 		case done:
-			return broker.AlreadyDone, nil
+			return broker.AlreadyDone, "", nil
 		default:
-			return broker.InFlight, nil
+			return broker.InFlight, "", nil
 		}
 	}
-	return broker.InFlight, nil
+	return broker.InFlight, "", nil
 }
 
-// Complete marks key done.
-func (s *Store) Complete(ctx context.Context, key string) error {
-	s.tokens.Delete(key)
+// Complete marks key done, even when the claim token was taken over since
+// (see broker.IdempotencyStore).
+func (s *Store) Complete(ctx context.Context, key, _ string) error {
 	if _, err := s.db.Exec(ctx, s.completeSQL, key); err != nil {
 		return wrap("pgstore: complete", err)
 	}
 	return nil
 }
 
-// Release deletes this process's claim on key, if it still holds it.
-func (s *Store) Release(ctx context.Context, key string) error {
-	token, ok := s.tokens.LoadAndDelete(key)
-	if !ok {
-		return nil
+// Release deletes the row of key while it holds the claim token and is not
+// done.
+func (s *Store) Release(ctx context.Context, key, token string) error {
+	if token == "" {
+		return nil // no claim: nothing to release
 	}
 	if _, err := s.db.Exec(ctx, s.releaseSQL, key, token); err != nil {
 		return wrap("pgstore: release", err)

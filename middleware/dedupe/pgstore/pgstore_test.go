@@ -3,6 +3,8 @@ package pgstore_test
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	_ "github.com/queuekit/queuekit/adapters/rabbitmq"
 	"github.com/queuekit/queuekit/internal/testenv"
 	"github.com/queuekit/queuekit/middleware/dedupe/dedupetest"
+	"github.com/queuekit/queuekit/middleware/dedupe/internal/faultnet"
 	"github.com/queuekit/queuekit/middleware/dedupe/pgstore"
 	"github.com/queuekit/queuekit/middleware/internal/mwtest"
 )
@@ -72,10 +75,10 @@ func TestPurge(t *testing.T) {
 	s := store(t, db(t))
 	ctx := context.Background()
 	for _, k := range []string{"a", "b"} {
-		_, _ = s.Claim(ctx, k, time.Minute)
-		_ = s.Complete(ctx, k)
+		_, tok, _ := s.Claim(ctx, k, time.Minute)
+		_ = s.Complete(ctx, k, tok)
 	}
-	_, _ = s.Claim(ctx, "in-flight", time.Minute)
+	_, _, _ = s.Claim(ctx, "in-flight", time.Minute)
 	if n, err := s.Purge(ctx, time.Hour); err != nil || n != 0 {
 		t.Fatalf("Purge(1h) = %d, %v; nothing is that old", n, err)
 	}
@@ -104,4 +107,51 @@ func TestNaiveSETNXCases(t *testing.T) {
 			}
 		}
 	})
+}
+
+// proxied returns a pool whose connections to the test database go through
+// a proxy the test can cut or hang.
+func proxied(t *testing.T) (*pgxpool.Pool, *faultnet.Proxy) {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(testenv.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, addr := faultnet.NewProxy(t, net.JoinHostPort(cfg.ConnConfig.Host, fmt.Sprint(cfg.ConnConfig.Port)))
+	host, port, _ := net.SplitHostPort(addr)
+	p16, _ := strconv.ParseUint(port, 10, 16)
+	cfg.ConnConfig.Host, cfg.ConnConfig.Port = host, uint16(p16)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	t.Cleanup(p.Cut) // first: pgx gives a hung connection 15s to close
+	return pool, p
+}
+
+// proxiedStore returns a store over a proxied pool.
+func proxiedStore(t *testing.T) (*pgstore.Store, *faultnet.Proxy) {
+	t.Helper()
+	pool, p := proxied(t)
+	s, err := pgstore.New(context.Background(), pool, pgstore.Options{Table: table(t, db(t), "down")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, p
+}
+
+// While PostgreSQL is down, the consumer backs off instead of nacking at
+// once.
+func TestUnavailable(t *testing.T) {
+	s, p := proxiedStore(t)
+	p.Cut()
+	dedupetest.Unavailable(t, s)
+}
+
+// A PostgreSQL that stops answering: every call returns when its ctx ends.
+func TestUnresponsive(t *testing.T) {
+	s, p := proxiedStore(t)
+	p.Hang()
+	dedupetest.Unresponsive(t, s)
 }

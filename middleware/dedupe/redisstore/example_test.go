@@ -12,5 +12,6 @@ import (
 func ExampleNew() {
 	store := redisstore.New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"}), redisstore.Options{}) // keys "evt:<id>"
 	_ = dedupe.New(store, dedupe.Options{})                                                                // in a middleware chain
-	_ = broker.ConsumeOptions{Guarantee: semantics.EffectivelyOnce, Idempotency: store}                    // or as Consume's store
+	_ = broker.SubscriberOptions{Topic: "orders", Guarantee: semantics.EffectivelyOnce}                    // declared once
+	_ = broker.ConsumeOptions{Idempotency: store}                                                          // or as Consume's store
 }

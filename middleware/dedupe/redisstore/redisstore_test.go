@@ -14,6 +14,7 @@ import (
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/internal/testenv"
 	"github.com/queuekit/queuekit/middleware/dedupe/dedupetest"
+	"github.com/queuekit/queuekit/middleware/dedupe/internal/faultnet"
 	"github.com/queuekit/queuekit/middleware/dedupe/redisstore"
 	"github.com/queuekit/queuekit/middleware/internal/mwtest"
 	"github.com/queuekit/queuekit/semantics"
@@ -48,13 +49,14 @@ func TestDefaultPrefixAndDoneTTL(t *testing.T) {
 	ctx := context.Background()
 	key := "qktest-" + mwtest.Unique()
 	t.Cleanup(func() { c.Del(ctx, "evt:"+key) })
-	if _, err := s.Claim(ctx, key, time.Minute); err != nil {
+	_, tok, err := s.Claim(ctx, key, time.Minute)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if ttl := c.PTTL(ctx, "evt:"+key).Val(); ttl <= 0 || ttl > time.Minute {
 		t.Fatalf("claim TTL %v, want the lease", ttl)
 	}
-	if err := s.Complete(ctx, key); err != nil {
+	if err := s.Complete(ctx, key, tok); err != nil {
 		t.Fatal(err)
 	}
 	if v, ttl := c.Get(ctx, "evt:"+key).Val(), c.PTTL(ctx, "evt:"+key).Val(); v != "done" || ttl <= time.Minute || ttl > time.Hour {
@@ -75,15 +77,18 @@ type naive struct {
 	prefix string
 }
 
-func (n naive) Claim(ctx context.Context, key string, _ time.Duration) (broker.ClaimResult, error) {
+func (n naive) Claim(ctx context.Context, key string, _ time.Duration) (broker.ClaimResult, string, error) {
 	ok, err := n.c.SetNX(ctx, n.prefix+key, 1, 0).Result()
-	if err != nil || ok {
-		return broker.Claimed, err
+	if err != nil {
+		return 0, "", err
 	}
-	return broker.AlreadyDone, nil
+	if ok {
+		return broker.Claimed, "naive", nil
+	}
+	return broker.AlreadyDone, "", nil
 }
-func (naive) Complete(context.Context, string) error { return nil }
-func (naive) Release(context.Context, string) error  { return nil }
+func (naive) Complete(context.Context, string, string) error { return nil }
+func (naive) Release(context.Context, string, string) error  { return nil }
 
 // The two cases the naive SETNX gets wrong, over real brokers: ours handles
 // the message once, the naive store loses it.
@@ -114,8 +119,26 @@ func TestRedisDown(t *testing.T) {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := redisstore.New(c, redisstore.Options{}).Claim(ctx, "k", time.Second)
+	_, _, err := redisstore.New(c, redisstore.Options{}).Claim(ctx, "k", time.Second)
 	if err == nil || broker.KindOf(err) != semantics.Transient {
 		t.Fatalf("claim against a closed port: %v (kind %v), want a transient error", err, broker.KindOf(err))
 	}
+}
+
+// While Redis is down, the consumer backs off instead of nacking at once.
+func TestUnavailable(t *testing.T) {
+	// A refused dial fails at once (not after go-redis's own retries), so
+	// only the consumer's backoff spaces the attempts out.
+	c := redis.NewClient(&redis.Options{Addr: faultnet.Refused(t), DialerRetries: 1, MaxRetries: -1})
+	defer c.Close()
+	dedupetest.Unavailable(t, redisstore.New(c, redisstore.Options{}))
+}
+
+// A Redis that accepts connections and never answers: every call returns
+// when its ctx ends, whatever the client's own timeouts (the defaults here:
+// 3s reads, retried).
+func TestUnresponsive(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: faultnet.Silent(t)})
+	defer c.Close()
+	dedupetest.Unresponsive(t, redisstore.New(c, redisstore.Options{}))
 }

@@ -21,8 +21,8 @@ import (
 // Env is one broker under test, with a publisher.
 type Env struct {
 	Name string
-	B    broker.Broker
-	Pub  broker.Publisher
+	B    *broker.Broker
+	Pub  *broker.Publisher
 }
 
 // ForEachBroker runs f as a subtest over mem:// and over RabbitMQ (skipped
@@ -75,7 +75,7 @@ func (e *Env) Topic(what string) string { return "qk-mw-" + what + "-" + Unique(
 // Subscribe makes a subscriber closed at the end of the test. Subscribe
 // before publishing: a RabbitMQ group receives what is published after its
 // queue exists.
-func (e *Env) Subscribe(t *testing.T, opts broker.SubscriberOptions) broker.Subscriber {
+func (e *Env) Subscribe(t *testing.T, opts broker.SubscriberOptions) *broker.Subscriber {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -83,7 +83,7 @@ func (e *Env) Subscribe(t *testing.T, opts broker.SubscriberOptions) broker.Subs
 	if err != nil {
 		t.Fatalf("%s: subscribe %+v: %v", e.Name, opts, err)
 	}
-	o := opts.WithDefaults()
+	o := sub.Options()
 	e.Forget(t, o.Topic, o.Group) // cleanups run last first: after the Close below
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -98,10 +98,10 @@ func (e *Env) Subscribe(t *testing.T, opts broker.SubscriberOptions) broker.Subs
 // calls it; call it for subscriptions an adapter declares by itself (a
 // native dead-letter queue).
 func (e *Env) Forget(t *testing.T, topic, group string) {
-	d, ok := e.B.(interface {
+	var d interface {
 		DeleteSubscription(ctx context.Context, topic, group string) error
-	})
-	if !ok {
+	}
+	if !e.B.As(&d) {
 		return
 	}
 	t.Cleanup(func() {
@@ -125,7 +125,7 @@ func (e *Env) Publish(t *testing.T, topic string, msgs ...*broker.Message) {
 
 // Consume runs broker.Consume in the background until the returned stop is
 // called (or the test ends) and returns Consume's error from stop.
-func Consume(t *testing.T, sub broker.Subscriber, h broker.Handler, opts broker.ConsumeOptions) (stop func() error) {
+func Consume(t *testing.T, sub *broker.Subscriber, h broker.Handler, opts broker.ConsumeOptions) (stop func() error) {
 	t.Helper()
 	if opts.OnError == nil {
 		opts.OnError = func(*broker.Message, error) {} // failures are the point of these tests
@@ -171,7 +171,7 @@ func Eventually(t *testing.T, within time.Duration, cond func() bool, format str
 }
 
 // Receive returns the next delivery of sub within d or fails the test.
-func Receive(t *testing.T, sub broker.Subscriber, d time.Duration) broker.Delivery {
+func Receive(t *testing.T, sub *broker.Subscriber, d time.Duration) *broker.Delivery {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()

@@ -27,22 +27,19 @@ type Suite struct {
 	// listed must pass or be unsupported as the claims say.
 	Expected map[string]conformance.Verdict
 	// Unclaimed lists properties whose capability the backend does not
-	// claim but whose failure is worth measuring: each is run again with a
-	// broker that claims everything, in parallel with the suite, and must
-	// fail (or the claim is being withheld for nothing). Their Timeout is
-	// UnclaimedTimeout.
+	// claim but whose failure is worth measuring: each is run again with
+	// the broker OpenClaimingAll opens, in parallel with the suite, and
+	// must fail (or the claim is being withheld for nothing). Their
+	// Timeout is UnclaimedTimeout.
 	Unclaimed        []string
+	OpenClaimingAll  func(ctx context.Context) (*broker.Broker, error)
 	UnclaimedTimeout time.Duration
 }
 
-// ClaimAll wraps a broker to claim every capability but MaxMessageSize.
-type ClaimAll struct{ broker.Broker }
-
-// Capabilities claims everything.
-func (c ClaimAll) Capabilities() semantics.Capabilities {
-	caps := c.Broker.Capabilities()
+// ClaimAll returns caps with every claim the bridge lets a backend make
+// (see watermill.Options.Capabilities), for Suite.OpenClaimingAll.
+func ClaimAll(caps semantics.Capabilities) semantics.Capabilities {
 	caps.ConsumerGroups, caps.FanOut, caps.PerKeyOrdering, caps.CrashRedelivery = true, true, true, true
-	caps.DelayedNack, caps.AttemptCount, caps.DeadLetter = true, true, true
 	return caps
 }
 
@@ -56,6 +53,9 @@ func (c ClaimAll) Capabilities() semantics.Capabilities {
 // detail says what happened when it was claimed anyway.
 func Run(t *testing.T, s Suite) conformance.Report {
 	t.Helper()
+	if len(s.Unclaimed) > 0 && s.OpenClaimingAll == nil {
+		t.Fatal("wmtest: Suite.Unclaimed needs Suite.OpenClaimingAll")
+	}
 	ctx := t.Context()
 	claimed := make([]conformance.Result, len(s.Unclaimed))
 	var wg sync.WaitGroup
@@ -65,13 +65,7 @@ func Run(t *testing.T, s Suite) conformance.Report {
 			defer wg.Done()
 			h := s.Harness
 			h.Timeout = s.UnclaimedTimeout
-			h.Open = func(ctx context.Context) (broker.Broker, error) {
-				b, err := s.Harness.Open(ctx)
-				if err != nil {
-					return nil, err
-				}
-				return ClaimAll{b}, nil
-			}
+			h.Open = s.OpenClaimingAll
 			rep, err := conformance.Check(ctx, h, prop)
 			if err != nil || len(rep.Results) != 1 {
 				claimed[i] = conformance.Result{Property: prop, Verdict: conformance.Fail, Detail: fmt.Sprintf("check: %v", err)}
@@ -86,15 +80,17 @@ func Run(t *testing.T, s Suite) conformance.Report {
 		t.Fatal(err)
 	}
 	caps := capabilities(t, s.Harness)
-	needs := map[string]string{}
+	needs, hooks := map[string]string{}, map[string]string{}
 	for _, p := range conformance.Properties() {
-		needs[p.Name] = p.Needs
+		needs[p.Name], hooks[p.Name] = p.Needs, p.Hook
 	}
 	for _, r := range rep.Results {
 		want, ok := s.Expected[r.Property]
 		if !ok {
 			want = conformance.Pass
-			if !claims(caps, needs[r.Property]) {
+			// Fault hooks (a proxy address, a restart, the default URL)
+			// are not given for bridged backends.
+			if !claims(caps, needs[r.Property]) || hooks[r.Property] != "" {
 				want = conformance.Unsupported
 			}
 		}
@@ -139,11 +135,15 @@ func capabilities(t *testing.T, h conformance.Harness) semantics.Capabilities {
 	return b.Capabilities()
 }
 
-// claims reports whether caps makes the claim named need (a field of
-// semantics.Capabilities, as conformance.Property.Needs names it).
+// claims reports whether caps makes the claim named need (fields of
+// semantics.Capabilities joined by " and ", as conformance.Property.Needs
+// names them).
 func claims(caps semantics.Capabilities, need string) bool {
 	if need == "" {
 		return true
+	}
+	if a, b, ok := strings.Cut(need, " and "); ok {
+		return claims(caps, a) && claims(caps, b)
 	}
 	f := reflect.ValueOf(caps).FieldByName(need)
 	switch f.Kind() {

@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sort"
 	"strings"
@@ -510,6 +511,7 @@ type crashTracker struct {
 	mode  crashMode
 
 	mu        sync.Mutex
+	closed    bool
 	unsettled []driver.Delivery
 	acked     []*broker.Message
 }
@@ -525,19 +527,30 @@ func (s *crashTracker) Receive(ctx context.Context) (driver.Delivery, error) {
 	return &trackedDelivery{Delivery: d, s: s}, nil
 }
 
-func (s *crashTracker) settled(d driver.Delivery, acked bool) {
+// settle runs a settlement of d unless Close took d back first, and
+// records it, under the tracker's lock: a delivery is either settled by its
+// consumer or given back by the crash, never both, as on a broker, where a
+// settlement that arrives after the consumer's connection died fails.
+func (s *crashTracker) settle(d driver.Delivery, acked bool, do func() error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if i := slices.Index(s.unsettled, d); i >= 0 {
+	i := slices.Index(s.unsettled, d)
+	if i < 0 && s.closed {
+		return errors.New("crashTracker: the subscriber crashed; the delivery was given back")
+	}
+	err := do()
+	if i >= 0 && (err == nil || !acked) {
 		s.unsettled = slices.Delete(s.unsettled, i, i+1)
 	}
-	if acked {
+	if acked && err == nil {
 		s.acked = append(s.acked, d.Message().Clone())
 	}
+	return err
 }
 
 func (s *crashTracker) Close(ctx context.Context) error {
 	s.mu.Lock()
+	s.closed = true
 	var again []*broker.Message
 	switch s.mode {
 	case reverseUnsettled:
@@ -565,17 +578,11 @@ type trackedDelivery struct {
 }
 
 func (d *trackedDelivery) Ack(ctx context.Context) error {
-	err := d.Delivery.Ack(ctx)
-	if err == nil {
-		d.s.settled(d.Delivery, true)
-	}
-	return err
+	return d.s.settle(d.Delivery, true, func() error { return d.Delivery.Ack(ctx) })
 }
 
 func (d *trackedDelivery) Nack(ctx context.Context, delay time.Duration) error {
-	err := d.Delivery.Nack(ctx, delay)
-	d.s.settled(d.Delivery, false)
-	return err
+	return d.s.settle(d.Delivery, false, func() error { return d.Delivery.Nack(ctx, delay) })
 }
 
 // panicky panics in Receive.

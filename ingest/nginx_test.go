@@ -254,6 +254,28 @@ http {
 	return &nginx{addr: addr, dir: dir, cmd: cmd}, nil
 }
 
+// accessLogOf returns the access log's lines of the n requests numbered
+// from base (the log also has the other mode's). nginx writes a request's
+// line in its log phase, after the response went out, so the last lines
+// may still be coming when the client has every response: it reads the log
+// again until all n are there, for up to 5 seconds.
+func (n *nginx) accessLogOf(t *testing.T, base, count int) map[int]observation {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		obs := n.accessLog(t)
+		for seq := range obs {
+			if seq < base || seq >= base+count {
+				delete(obs, seq)
+			}
+		}
+		if len(obs) >= count || time.Now().After(deadline) {
+			return obs
+		}
+		time.Sleep(10 * time.Millisecond) // polling a file another process appends to
+	}
+}
+
 // accessLog reads nginx's trace log: seq status msec request_time limit_req_status.
 func (n *nginx) accessLog(t *testing.T) map[int]observation {
 	t.Helper()
@@ -428,14 +450,8 @@ func TestNginxLimitReqAgreement(t *testing.T) {
 			events, phases := buildTrace(!mode.noDelay)
 			sendTrace(t, events, ngx.addr, mode.location, ours)
 
-			nginxObs := ngx.accessLog(t)
+			nginxObs := ngx.accessLogOf(t, traceBase(mode.noDelay), len(events))
 			ourObs := ourLog(t, logs)
-			// Keep this mode's requests (the log also has the other mode's).
-			for seq := range nginxObs {
-				if seq < traceBase(mode.noDelay) || seq >= traceBase(mode.noDelay)+len(events) {
-					delete(nginxObs, seq)
-				}
-			}
 			if len(nginxObs) != len(events) || len(ourObs) != len(events) {
 				t.Fatalf("nginx logged %d requests, the handler %d; %d were sent", len(nginxObs), len(ourObs), len(events))
 			}

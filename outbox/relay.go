@@ -62,11 +62,13 @@ type RelayOptions struct {
 	// outbox status`; default host-pid-random. Two running relays must not
 	// share an ID.
 	ID string
-	// Workers is how many batches the relay publishes at once: it has at
-	// most Workers × BatchSize messages being published. Meanwhile as many
-	// more batches are being read or recorded, each in its own
-	// transaction on its own shard, so that the broker does not wait for
-	// the database: a relay locks up to 2 × Workers shards and uses up to
+	// Workers bounds what the relay publishes at once: at most Workers ×
+	// BatchSize messages are being published — Workers full batches, or
+	// more, smaller ones, since the bound counts messages. The relay runs
+	// 2 × Workers workers, so that while some publish, the others read
+	// their next batch or record their last one, each in its own
+	// transaction on its own shard, and the broker does not wait for the
+	// database: a relay locks up to 2 × Workers shards and uses up to
 	// 2 × Workers database connections (and, for a moment, those of its
 	// heartbeat and cleanup). Default DefaultWorkers.
 	Workers int

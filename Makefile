@@ -32,7 +32,11 @@ vet:
 # Benchmarks named Benchmark<Thing>/{raw,queuekit,watermill} that report msgs/s
 # are paired by internal/benchtable, which prints the ratios measured in this run.
 # -p 1: one package at a time, so that no two benchmarks share the two cores;
-# each figure is the median of BENCH_COUNT runs.
+# each figure is the median of BENCH_COUNT runs. The runs are rounds of the
+# whole selection (go test -count 1, BENCH_COUNT times), not -count: with
+# -count every raw run comes before every queuekit run, so whatever else
+# slowed the machine for a minute fell on one side of a ratio; in rounds
+# the two sides alternate.
 BENCH ?= .
 BENCH_PKGS ?= ./...
 BENCH_COUNT ?= 3
@@ -40,7 +44,9 @@ BENCH_COUNT ?= 3
 # bench.out with the figures, for the README's table.
 bench: services
 	@{ echo "bench: started $$(date -u '+%Y-%m-%d %H:%M UTC'), $$(nproc) cores, load $$(cut -d' ' -f1-3 /proc/loadavg)"; \
-	  $(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchmem -count $(BENCH_COUNT) $(BENCH_PKGS); \
+	  for round in $$(seq $(BENCH_COUNT)); do \
+	    $(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchmem -count 1 $(BENCH_PKGS) || exit 1; \
+	  done; \
 	  echo "bench: ended $$(date -u '+%Y-%m-%d %H:%M UTC'), load $$(cut -d' ' -f1-3 /proc/loadavg)"; } | tee bench.out | $(GO) run ./internal/benchtable
 
 fmt:

@@ -145,11 +145,7 @@ func TestReaderConnAuthAndDB(t *testing.T) {
 	} {
 		c := redis.NewClient(o)
 		defer c.Close()
-		st := "qkt-auth-" + driver.NewID()
-		if err := c.XGroupCreateMkStream(ctx, st, "g", "0").Err(); err != nil {
-			t.Fatal(err)
-		}
-		id := c.XAdd(ctx, &redis.XAddArgs{Stream: st, Values: []any{"_body", "p"}}).Val()
+		st, id := streamWithOneMessage(t, c, "qkt-auth-")
 		ro, ok := ownConn(c)
 		if !ok {
 			t.Fatal("ownConn = false for a *redis.Client")
@@ -159,12 +155,7 @@ func TestReaderConnAuthAndDB(t *testing.T) {
 			t.Fatalf("user %q: %v", o.Username, err)
 		}
 		// The stream is in database 3 only: NOGROUP had SELECT not run.
-		rc.command(7).bulk("xreadgroup").bulk("group").bulk("g").bulk("c").bulk("streams").bulk(st).bulk(">")
-		if err := rc.send(); err != nil {
-			t.Fatal(err)
-		}
-		var ids []string
-		n, err := rc.xreadgroup(nil, func(_, id string, _ []string) { ids = append(ids, strings.Clone(id)) })
+		n, ids, err := readGroupG(t, rc, st)
 		if err != nil || n != 1 || ids[0] != id {
 			t.Errorf("user %q: read %d, %v, %q; want %s", o.Username, n, err, ids, id)
 		}
@@ -210,4 +201,28 @@ func TestReaderConnDialError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), addr) || kindOf(err) != semantics.Transient {
 		t.Errorf("dial to a closed port: %v (%v); want a Transient error naming %s", err, kindOf(err), addr)
 	}
+}
+
+// streamWithOneMessage makes a stream named prefix+ID with group "g" and
+// adds one message to it through c, returning the stream and its ID.
+func streamWithOneMessage(t *testing.T, c *redis.Client, prefix string) (stream, id string) {
+	t.Helper()
+	stream = prefix + driver.NewID()
+	if err := c.XGroupCreateMkStream(t.Context(), stream, "g", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	return stream, c.XAdd(t.Context(), &redis.XAddArgs{Stream: stream, Values: []any{"_body", "p"}}).Val()
+}
+
+// readGroupG reads stream as consumer "c" of group "g" over rc, returning
+// how many messages the reply held and their IDs.
+func readGroupG(t *testing.T, rc *readerConn, stream string) (int, []string, error) {
+	t.Helper()
+	rc.command(7).bulk("xreadgroup").bulk("group").bulk("g").bulk("c").bulk("streams").bulk(stream).bulk(">")
+	if err := rc.send(); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	n, err := rc.xreadgroup(nil, func(_, id string, _ []string) { ids = append(ids, strings.Clone(id)) })
+	return n, ids, err
 }

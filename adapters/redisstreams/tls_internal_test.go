@@ -14,13 +14,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/queuekit/queuekit/broker/driver"
 	"github.com/queuekit/queuekit/internal/testenv"
 )
 
@@ -83,11 +81,7 @@ func TestReaderConnTLS(t *testing.T) {
 	roots.AppendCertsFromPEM(certPEM)
 	c := redis.NewClient(&redis.Options{Addr: tlsAddr, TLSConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}})
 	defer c.Close()
-	st := "qkt-tls-" + driver.NewID()
-	if err := c.XGroupCreateMkStream(ctx, st, "g", "0").Err(); err != nil {
-		t.Fatal(err)
-	}
-	id := c.XAdd(ctx, &redis.XAddArgs{Stream: st, Values: []any{"_body", "p"}}).Val()
+	st, id := streamWithOneMessage(t, c, "qkt-tls-")
 	o, ok := ownConn(c)
 	if !ok {
 		t.Fatal("ownConn = false")
@@ -100,12 +94,7 @@ func TestReaderConnTLS(t *testing.T) {
 	if _, ok := rc.nc.(*tls.Conn); !ok {
 		t.Errorf("the reader's connection is a %T; want a *tls.Conn", rc.nc)
 	}
-	rc.command(7).bulk("xreadgroup").bulk("group").bulk("g").bulk("c").bulk("streams").bulk(st).bulk(">")
-	if err := rc.send(); err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	n, err := rc.xreadgroup(nil, func(_, id string, _ []string) { ids = append(ids, strings.Clone(id)) })
+	n, ids, err := readGroupG(t, rc, st)
 	if err != nil || n != 1 || ids[0] != id {
 		t.Errorf("read over TLS: %d, %v, %q; want %s", n, err, ids, id)
 	}

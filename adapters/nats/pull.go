@@ -39,7 +39,12 @@ import (
 // hands it out: the subscriber holds at most prefetch messages, where
 // Consume's handler feeding a channel of prefetch could hold up to twice
 // that — with the default prefetch (512), more than the group's default
-// max ack pending (1000) once handlers fall behind. (Not what
+// max ack pending (1000) once handlers fall behind. One exception, as in
+// Consume: once requests are taken as lost and made again (restart), a
+// request that was in fact alive may still deliver until it expires, so
+// for up to one expiry the inbox may hold up to twice prefetch (mch has
+// room for that; the group's max ack pending still bounds what the server
+// sends). (Not what
 // BenchmarkNATSConsume measures: there the handler keeps up and the
 // group's ack pending averaged about 330 either way, at most 771.)
 type puller struct {

@@ -345,12 +345,12 @@ func (b *batcher) takeLocked(bt *batch) {
 	for b.ready.n > 0 && len(bt.items) < b.opts.MaxBatch {
 		it := b.ready.popFront()
 		if b.keys != nil && it.key != "" {
-			i, held := b.keys.find(it.key, it.hash)
+			i, held := b.keys.Find(it.key, it.hash)
 			switch {
 			case !held:
 				b.keys.takeAt(i, it.key, it.hash).owner = bt
-			case b.keys.slots[i].ks.owner != bt:
-				b.keys.slots[i].ks.waiting.pushBack(it)
+			case b.keys.At(i).Val.owner != bt:
+				b.keys.At(i).Val.waiting.pushBack(it)
 				continue
 			}
 		}

@@ -408,7 +408,7 @@ func (c *consumer) nextLocked(it *item) bool {
 			return false
 		}
 		if c.keys != nil && it.key != "" {
-			i, held := c.keys.find(it.key, it.hash)
+			i, held := c.keys.Find(it.key, it.hash)
 			if held {
 				c.keys.stateAt(i).waiting.pushBack(*it)
 				*it = item{}
@@ -430,8 +430,8 @@ func (c *consumer) doneLocked(it *item) bool {
 		*it = item{}
 		return false
 	}
-	i, _ := c.keys.find(it.key, it.hash) // held: it holds it
-	if ks := c.keys.slots[i].ks; ks != nil && ks.waiting.n > 0 {
+	i, _ := c.keys.Find(it.key, it.hash) // held: it holds it
+	if ks := c.keys.At(i).Val; ks != nil && ks.waiting.n > 0 {
 		c.held--
 		c.kickLocked()
 		*it = ks.waiting.popFront()

@@ -1,9 +1,8 @@
 package broker
 
 import (
-	"hash/maphash"
-
 	"github.com/queuekit/queuekit/broker/driver"
+	"github.com/queuekit/queuekit/internal/keytab"
 )
 
 // The pieces Consume and ConsumeBatch share: the deliveries a consumer has
@@ -79,80 +78,51 @@ type keyState struct {
 	owner   *batch // ConsumeBatch: the batch holding the key
 }
 
-// keyTable tracks the keys held under PerKey: an open-addressing hash table
-// (linear probing, deletion by backward shift) keyed by each item's key and
-// its hash, computed once when the delivery is received (by Consume's
-// receiving worker before it takes the lock, when the adapter receives in
-// batches). A key is looked up and taken in one probe, and let go in
-// another, where a map would hash it four times; the states are recycled,
-// so a steady stream of keys allocates nothing.
+// keyTable tracks the keys held under PerKey (keytab's table: each item's
+// key hashed once, when the delivery is received — by Consume's receiving
+// worker before it takes the lock, when the adapter receives in batches —
+// then looked up and taken in one probe and let go in another). A held
+// key's state is recycled once the key goes, so a steady stream of keys
+// allocates nothing.
 type keyTable struct {
-	seed  maphash.Seed
-	slots []keySlot // len is a power of two, at most half full
-	n     int
-	free  []*keyState
-}
-
-type keySlot struct {
-	hash uint64 // 0: the slot is empty (hash sets the top bit)
-	key  string
-	ks   *keyState // nil until a state is asked for (see stateAt)
+	keytab.Table[*keyState] // nil state until one is asked for (see stateAt)
+	free                    []*keyState
 }
 
 func newKeyTable() *keyTable {
-	return &keyTable{seed: maphash.MakeSeed(), slots: make([]keySlot, 64)}
+	return &keyTable{Table: keytab.New[*keyState](64)}
 }
 
 // hash returns key's hash, never 0.
-func (t *keyTable) hash(key string) uint64 { return maphash.String(t.seed, key) | 1<<63 }
-
-// find returns key's slot, and whether key is held (else the slot is the
-// empty one where it would go).
-func (t *keyTable) find(key string, h uint64) (int, bool) {
-	mask := len(t.slots) - 1
-	for i := int(h) & mask; ; i = (i + 1) & mask {
-		s := &t.slots[i]
-		if s.hash == 0 {
-			return i, false
-		}
-		if s.hash == h && s.key == key {
-			return i, true
-		}
-	}
-}
+func (t *keyTable) hash(key string) uint64 { return keytab.Hash(key) }
 
 // get returns the state of key if it is held, or nil.
 func (t *keyTable) get(key string, h uint64) *keyState {
-	if i, ok := t.find(key, h); ok {
-		return t.slots[i].ks
+	if i, ok := t.Find(key, h); ok {
+		return t.At(i).Val
 	}
 	return nil
 }
 
-// takeAt marks key held in slot i, which find returned for it, and returns
+// takeAt marks key held in slot i, which Find returned for it, and returns
 // its state.
 func (t *keyTable) takeAt(i int, key string, h uint64) *keyState {
 	ks := t.newState()
-	t.slots[i] = keySlot{hash: h, key: key, ks: ks}
-	t.added()
+	t.Put(i, key, h, ks)
 	return ks
 }
 
-// holdAt marks key held in slot i, which find returned for it, without a
+// holdAt marks key held in slot i, which Find returned for it, without a
 // state: Consume asks for one with stateAt when a message must wait.
-func (t *keyTable) holdAt(i int, key string, h uint64) {
-	s := &t.slots[i] // empty: ks is nil already
-	s.hash, s.key = h, key
-	t.added()
-}
+func (t *keyTable) holdAt(i int, key string, h uint64) { t.Put(i, key, h, nil) }
 
 // stateAt returns the state of the key held in slot i, giving it one.
 func (t *keyTable) stateAt(i int) *keyState {
-	s := &t.slots[i]
-	if s.ks == nil {
-		s.ks = t.newState()
+	s := t.At(i)
+	if s.Val == nil {
+		s.Val = t.newState()
 	}
-	return s.ks
+	return s.Val
 }
 
 func (t *keyTable) newState() *keyState {
@@ -164,49 +134,20 @@ func (t *keyTable) newState() *keyState {
 	return new(keyState)
 }
 
-// added grows the table once it is half full.
-func (t *keyTable) added() {
-	if t.n++; 2*t.n > len(t.slots) {
-		t.grow()
-	}
-}
-
-func (t *keyTable) grow() {
-	old := t.slots
-	t.slots = make([]keySlot, 2*len(old))
-	for _, s := range old {
-		if s.hash != 0 {
-			i, _ := t.find(s.key, s.hash)
-			t.slots[i] = s
-		}
-	}
-}
-
 // drop lets key go; nothing must wait behind it.
 func (t *keyTable) drop(key string, h uint64) {
-	if i, ok := t.find(key, h); ok {
+	if i, ok := t.Find(key, h); ok {
 		t.dropAt(i)
 	}
 }
 
-// dropAt lets go the key held in slot i, which find returned for it.
+// dropAt lets go the key held in slot i, which Find returned for it.
 func (t *keyTable) dropAt(i int) {
-	if ks := t.slots[i].ks; ks != nil {
+	if ks := t.At(i).Val; ks != nil {
 		ks.owner = nil
 		t.free = append(t.free, ks)
 	}
-	t.n--
-	// Backward shift: move up each later slot of the run that may live at
-	// i, so that no probe stops early at the hole.
-	mask := len(t.slots) - 1
-	for j := (i + 1) & mask; t.slots[j].hash != 0; j = (j + 1) & mask {
-		home := int(t.slots[j].hash) & mask
-		if (j-home)&mask >= (j-i)&mask {
-			t.slots[i] = t.slots[j]
-			i = j
-		}
-	}
-	t.slots[i] = keySlot{}
+	t.Remove(i)
 }
 
 // waitList holds idle workers, each waiting on a channel of its own (with

@@ -192,10 +192,12 @@ func (g *group) popLocked(s *subscriber, buf []driver.Delivery, now int64) int {
 		// An owner (a redelivery, or the next of its key let go by
 		// removeLocked) goes without a probe.
 		if e.key != "" && !e.owns {
-			i, held := g.keys.find(e.key, hashOf(e))
-			if ks := &g.keys.slots[i]; !held {
-				g.keys.add(i, e)
+			i, held := g.keys.Find(e.key, hashOf(e))
+			if !held {
+				g.keys.Put(i, e.key, e.khash, keyWait{})
+				e.owns = true
 			} else {
+				ks := &g.keys.At(i).Val
 				e.next = nil
 				if ks.tail == nil {
 					ks.head = e
@@ -272,20 +274,20 @@ func (g *group) unlinkLocked(d *delivery) {
 func (g *group) removeLocked(e *entry) {
 	g.count--
 	if e.key != "" {
-		i, _ := g.keys.find(e.key, e.khash) // e holds its key: it was delivered
-		if ks := &g.keys.slots[i]; ks.head != nil {
+		i, _ := g.keys.Find(e.key, e.khash) // e owns its key: it was delivered
+		if ks := &g.keys.At(i).Val; ks.head != nil {
 			nxt := ks.head
 			ks.head = nxt.next
 			if ks.head == nil {
 				ks.tail = nil
 			}
 			nxt.next = nil
-			ks.owner, nxt.owns = nxt, true
+			nxt.owns = true
 			g.blocked--
 			g.ready.pushFront(nxt)
 			g.wakeReceiverLocked()
 		} else {
-			g.keys.remove(i)
+			g.keys.Remove(i)
 		}
 	}
 	g.freedLocked()

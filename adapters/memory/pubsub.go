@@ -9,6 +9,7 @@ import (
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/driver"
+	"github.com/queuekit/queuekit/internal/keytab"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -97,7 +98,7 @@ func (p *publisher) Publish(ctx context.Context, topicName string, msgs ...*brok
 		}
 		e.init(m, payload, headers, targets[0])
 		if e.key != "" {
-			e.khash = keyHash(e.key) // here, not under a group's lock
+			e.khash = keytab.Hash(e.key) // here, not under a group's lock
 		}
 		if !m.DeliverAt.IsZero() {
 			if now.IsZero() {

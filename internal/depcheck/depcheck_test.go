@@ -21,6 +21,7 @@ var core = []string{
 	"outbox",
 	"ingest/limitreq",
 	"adapters/memory",
+	"internal/keytab",
 	"middleware",
 	"middleware/retry",
 	"middleware/dedupe",

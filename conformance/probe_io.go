@@ -91,6 +91,25 @@ func (p *probe) publish(pub *broker.Publisher, led *tally, msgs []*broker.Messag
 	return nil
 }
 
+// publishConcurrently publishes each of msgs with a Publish call of its
+// own, all the calls at once, and returns the first error.
+func (p *probe) publishConcurrently(pub *broker.Publisher, led *tally, msgs []*broker.Message) error {
+	for _, m := range msgs {
+		led.Published(m.ID, m.Key)
+	}
+	errs := make(chan error, len(msgs))
+	for _, m := range msgs {
+		go func() { errs <- pub.Publish(p.ctx, p.topic, m) }()
+	}
+	var first error
+	for range msgs {
+		if err := <-errs; err != nil && first == nil {
+			first = fmt.Errorf("publish: %w", err)
+		}
+	}
+	return first
+}
+
 func (p *probe) publishNew(msgs []*broker.Message, batch int) error {
 	pub, err := p.publisher()
 	if err != nil {

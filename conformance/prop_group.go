@@ -15,15 +15,17 @@ import (
 // subscribers have had a share, at most competingRounds rounds, one every
 // competingPace at the most: a new member may take a while to join a group
 // (a Kafka rebalance), and that is broker state the suite can only poll.
-// Rounds alternate between publishing their messages one by one and in
-// one batch, because brokers share out differently: a batch may go whole
-// to one receive (a long poll that was waiting first), so that nine
+// Each message of a round is published by a Publish call of its own, and
+// the round's calls all at once, because brokers share out differently:
+// a batch may go whole to one receive (a long poll that was waiting
+// first, or the first receiver of the memory broker), so that nine
 // batches were nine coin tosses, all won by one subscriber once in a CI
-// run on SQS; and messages that arrive one by one may all go to the same
-// receiver (pstest offers what arrived since its last 10 ms tick to the
-// streams in the order they connected, starting over at the first each
-// tick, so nine one-by-one rounds all went to the first subscriber once
-// in a CI run). Odd rounds go one by one, even rounds in one batch.
+// run on SQS; and messages published one after another may all go to the
+// same receiver (pstest offers what arrived since its last 10 ms tick to
+// the streams in the order they connected, starting at the first each
+// tick, so nine rounds published one by one all went to the first
+// subscriber once in a CI run). Concurrent calls arrive as separate
+// messages within one tick.
 const (
 	competingRound  = 10
 	competingRounds = 9
@@ -80,11 +82,7 @@ func groupCompeting(p *probe) error {
 			case <-p.ctx.Done():
 			}
 		}
-		batch := 1
-		if rounds%2 == 1 {
-			batch = competingRound
-		}
-		if err := p.publish(pub, p.led, p.messages(rounds*competingRound, competingRound, 0), batch); err != nil {
+		if err := p.publishConcurrently(pub, p.led, p.messages(rounds*competingRound, competingRound, 0)); err != nil {
 			return err
 		}
 		rounds++

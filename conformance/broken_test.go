@@ -279,15 +279,18 @@ var brokenCases = []brokenCase{
 		wrapSub: func(s driver.Subscriber) driver.Subscriber { return ackOnReceive{s} },
 		// Everything that needs a message to come back after a nack, a
 		// crash, a handler failure or a shutdown.
-		// fault.cut-consume: a delivery (or its ack) that a cut stops on
-		// the way was acked already, so it never comes back.
 		fail: []string{"alo.nack-redelivers", "alo.crash-redelivers", "alo.no-loss", "nack.delay",
 			"dlq.after-max-attempts", "ack.idempotent", "attempt.count",
-			"alo.no-loss-after-crash", "order.per-key-after-crash", "defaults", "fault.cut-consume"},
+			"alo.no-loss-after-crash", "order.per-key-after-crash", "defaults"},
 		because: "lost",
 		// close.graceful-consume catches it only when Consume held
-		// received-but-unstarted deliveries at the stop, which is timing.
-		mayFail: []string{"group.competing", "close.graceful-consume"},
+		// received-but-unstarted deliveries at the stop, and
+		// fault.cut-consume only when a cut stops a delivery that the
+		// shim had acked on its way to the handler (it then never comes
+		// back): timing. fault.cut-consume passed in about one run in
+		// ten on a loaded machine (once in CI), where every property
+		// above failed.
+		mayFail: []string{"group.competing", "close.graceful-consume", "fault.cut-consume"},
 	},
 	{
 		name: "drop-1%",

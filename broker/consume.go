@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/queuekit/queuekit/broker/driver"
+	"github.com/queuekit/queuekit/internal/keytab"
 	"github.com/queuekit/queuekit/semantics"
 )
 
@@ -475,7 +476,7 @@ func (c *consumer) receive(ctx context.Context) {
 		for i, d := range c.buf[:n] {
 			c.hashes[i] = 0
 			if k := d.Message().Key; k != "" {
-				c.hashes[i] = c.keys.hash(k)
+				c.hashes[i] = keytab.Hash(k)
 			}
 		}
 	}

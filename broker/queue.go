@@ -24,7 +24,7 @@ func newItem(d driver.Delivery, keys *keyTable) item {
 	m := d.Message()
 	it := item{d: d, m: m, key: m.Key}
 	if keys != nil && it.key != "" {
-		it.hash = keys.hash(it.key)
+		it.hash = keytab.Hash(it.key)
 	}
 	return it
 }
@@ -92,9 +92,6 @@ type keyTable struct {
 func newKeyTable() *keyTable {
 	return &keyTable{Table: keytab.New[*keyState](64)}
 }
-
-// hash returns key's hash, never 0.
-func (t *keyTable) hash(key string) uint64 { return keytab.Hash(key) }
 
 // get returns the state of key if it is held, or nil.
 func (t *keyTable) get(key string, h uint64) *keyState {

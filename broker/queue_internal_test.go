@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/queuekit/queuekit/internal/keytab"
 )
 
 // Consume's keys are held without a state until a message waits behind
@@ -15,7 +17,7 @@ func TestKeyTableStatesOnDemand(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for op := range 100000 {
 		key := fmt.Sprintf("k%d", r.IntN(100))
-		h := kt.hash(key)
+		h := keytab.Hash(key)
 		i, ok := kt.Find(key, h)
 		if ok != held[key] {
 			t.Fatalf("op %d: %s held %v, want %v", op, key, ok, !ok)

@@ -54,7 +54,7 @@
 //	                          handler runs twice for a message, watched until 1.5 x AckTimeout
 //	                          after all were handled.
 //	group.competing           two subscribers of one group share the messages (each gets some;
-//	                          rounds of 10 are published, at most 9, until both have had one)
+//	                          rounds of 10 are published, at most 16, until both have had one)
 //	                          and no message is copied to both (needs ConsumerGroups).
 //	group.fanout              two groups each get all 20 messages (needs FanOut).
 //	order.per-key             Harness.Messages over 8 keys, published in batches of 50 and

@@ -92,14 +92,20 @@ func (p *probe) publish(pub *broker.Publisher, led *tally, msgs []*broker.Messag
 }
 
 // publishConcurrently publishes each of msgs with a Publish call of its
-// own, all the calls at once, and returns the first error.
+// own, all the calls at once, and returns the first error. The calls run
+// under goSafe, so that an adapter whose Publish panics fails the property
+// rather than the test binary.
 func (p *probe) publishConcurrently(pub *broker.Publisher, led *tally, msgs []*broker.Message) error {
 	for _, m := range msgs {
 		led.Published(m.ID, m.Key)
 	}
 	errs := make(chan error, len(msgs))
 	for _, m := range msgs {
-		go func() { errs <- pub.Publish(p.ctx, p.topic, m) }()
+		p.goSafe(func() {
+			err := errors.New("Publish panicked")
+			defer func() { errs <- err }() // runs on a panic too, before goSafe's recover
+			err = pub.Publish(p.ctx, p.topic, m)
+		})
 	}
 	var first error
 	for range msgs {

@@ -12,8 +12,9 @@ import (
 // and one TCP segment per message; a pubStream "corks" the connection while
 // it publishes a burst of messages back to back, so that the burst leaves in
 // a few large writes. Corking never holds data while anything waits for the
-// network: the sender uncorks before it blocks (on the confirm window or for
-// more calls), and a corked buffer reaching corkMax is written at once.
+// network: the sender uncorks before it blocks (on the confirm window, for
+// more calls, or behind a channel close: see pubChan.publish), and a corked
+// buffer reaching corkMax is written at once.
 // Frames other goroutines write meanwhile (heartbeats, other channels'
 // methods) join the buffer in the order written, so the byte stream is the
 // one amqp091 produced, only in fewer writes.

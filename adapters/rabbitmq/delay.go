@@ -138,18 +138,7 @@ func (s *subscriber) delay(ctx context.Context, d *delivery, delay time.Duration
 		return err
 	}
 	if !s.b.delayQueues.fresh(name) {
-		args := amqp.Table{
-			"x-queue-type":              s.b.opts.QueueType,
-			"x-message-ttl":             ms,
-			"x-expires":                 ms + time.Hour.Milliseconds(),
-			"x-dead-letter-exchange":    "",
-			"x-dead-letter-routing-key": s.queue,
-		}
-		if s.quorum {
-			args["x-dead-letter-strategy"] = "at-least-once"
-			args["x-overflow"] = "reject-publish"
-		}
-		if _, err := pc.ch.QueueDeclare(name, true, false, false, false, args); err != nil {
+		if err := s.declareDelay(ctx, name, ms); err != nil {
 			return wrap(op+": declare "+strconv.Quote(name), err)
 		}
 		s.b.delayQueues.mark(name)
@@ -179,7 +168,7 @@ func (s *subscriber) delay(ctx context.Context, d *delivery, delay time.Duration
 	}
 	k := routeKey{raw.MessageId, name}
 	pc.register(k)
-	dc, err := pc.ch.PublishWithDeferredConfirm("", name, true, false, amqp.Publishing{
+	dc, err := pc.publish("", name, amqp.Publishing{
 		Headers:         h,
 		ContentType:     raw.ContentType,
 		ContentEncoding: raw.ContentEncoding,
@@ -192,7 +181,7 @@ func (s *subscriber) delay(ctx context.Context, d *delivery, delay time.Duration
 		Type:            raw.Type,
 		AppId:           raw.AppId,
 		Body:            raw.Body,
-	})
+	}, false)
 	if err != nil {
 		pc.settle(k)
 		return wrap(op, err)
@@ -212,6 +201,32 @@ func (s *subscriber) delay(ctx context.Context, d *delivery, delay time.Duration
 		return driver.Errorf(semantics.Transient, op, "delayed copy not confirmed: %w", pc.cause())
 	}
 	return nil
+}
+
+// declareDelay declares the delay queue name, of ms, on a channel of its
+// own: on the retry channel, which other deliveries' delayed nacks publish
+// on concurrently, it could corrupt a publish (see pubChan.sendMu), and a
+// refused declaration would close the channel under their unconfirmed
+// copies.
+func (s *subscriber) declareDelay(ctx context.Context, name string, ms int64) error {
+	ch, _, err := s.b.pub.channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	args := amqp.Table{
+		"x-queue-type":              s.b.opts.QueueType,
+		"x-message-ttl":             ms,
+		"x-expires":                 ms + time.Hour.Milliseconds(),
+		"x-dead-letter-exchange":    "",
+		"x-dead-letter-routing-key": s.queue,
+	}
+	if s.quorum {
+		args["x-dead-letter-strategy"] = "at-least-once"
+		args["x-overflow"] = "reject-publish"
+	}
+	_, err = ch.QueueDeclare(name, true, false, false, false, args)
+	return err
 }
 
 // withoutDelayDeaths returns the x-death entries of v that are not the

@@ -59,11 +59,24 @@ type publisher struct {
 // are matched by message ID and routing key; when two unconfirmed publishes
 // share both, a return fails them both rather than risk reporting an
 // unroutable message as published.
+//
+// ch is written only through publish and close, never by a synchronous
+// call (declarations go on channels of their own): see sendMu.
 type pubChan struct {
 	ch      *amqp.Channel
 	cork    *corkConn // nil when the adapter did not dial the connection
 	returns chan amqp.Return
 	closes  chan *amqp.Error
+
+	// sendMu keeps ch.Close from writing while a publish is under way.
+	// amqp091 sends a publish as several frames (method, header, body...),
+	// taking the connection's write lock for each frame and the channel's
+	// lock around them all, but sends the method of a synchronous call
+	// (Close, QueueDeclare, ...) without the channel's lock: such a frame
+	// can land between a publish's header and body, and RabbitMQ then
+	// closes the whole connection, under every channel on it, with 505
+	// UNEXPECTED_FRAME ("expected content body").
+	sendMu sync.Mutex
 
 	mu       sync.Mutex
 	routes   map[routeKey]*routeState
@@ -100,7 +113,7 @@ func (p *publisher) channel(ctx context.Context) (*pubChan, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		pc.ch.Close()
+		_ = pc.close()
 		return nil, driver.ErrClosed
 	}
 	pc.stream = newPubStream(p, pc)
@@ -144,7 +157,32 @@ func (p *publisher) drop(pc *pubChan) {
 		p.cur = nil
 	}
 	p.mu.Unlock()
-	go pc.ch.Close()
+	go pc.close()
+}
+
+// publish publishes pb, mandatory, on the channel (see sendMu). A caller
+// that corked the connection (the pubStream sender) says so: when close
+// holds sendMu, it uncorks while it waits, because close waits for the
+// broker's answer to a channel.close that its cork would hold back.
+func (pc *pubChan) publish(exchange, key string, pb amqp.Publishing, corked bool) (*amqp.DeferredConfirmation, error) {
+	if !pc.sendMu.TryLock() {
+		if corked {
+			pc.cork.uncork()
+		}
+		pc.sendMu.Lock()
+		if corked {
+			pc.cork.cork()
+		}
+	}
+	defer pc.sendMu.Unlock()
+	return pc.ch.PublishWithDeferredConfirm(exchange, key, true, false, pb)
+}
+
+// close closes the channel once no publish is being written (see sendMu).
+func (pc *pubChan) close() error {
+	pc.sendMu.Lock()
+	defer pc.sendMu.Unlock()
+	return pc.ch.Close()
 }
 
 // register notes an unconfirmed mandatory publish before it is sent.
@@ -479,7 +517,7 @@ func (st *pubStream) sendReq(r *pubReq) {
 		r.sent = i + 1
 		r.mu.Unlock()
 		pc.register(k)
-		dc, err := pc.ch.PublishWithDeferredConfirm(exchange, r.topic, true, false, pb)
+		dc, err := pc.publish(exchange, r.topic, pb, true)
 		if err != nil {
 			pc.settle(k)
 			<-p.window
@@ -625,7 +663,10 @@ func publishing(m *driver.Message) amqp.Publishing {
 
 // As sets target, a **amqp.Channel or **amqp.Connection, to the
 // publisher's confirm-mode channel or its connection, as they are now
-// (they are replaced after a connection loss).
+// (they are replaced after a connection loss). Make no synchronous call
+// (a declaration, Qos, Close...) on the channel: the publisher publishes
+// on it meanwhile, and such a call's frame can split a publish's frames,
+// which makes RabbitMQ close the connection (see pubChan.sendMu).
 func (p *publisher) As(target any) bool {
 	p.mu.Lock()
 	pc := p.cur
@@ -673,7 +714,7 @@ func (p *publisher) Close(ctx context.Context) error {
 	p.cur = nil
 	p.mu.Unlock()
 	if pc != nil {
-		if cerr := pc.ch.Close(); cerr != nil && err == nil && !errors.Is(cerr, amqp.ErrClosed) {
+		if cerr := pc.close(); cerr != nil && err == nil && !errors.Is(cerr, amqp.ErrClosed) {
 			err = wrap("rabbitmq: publisher close", cerr)
 		}
 	}

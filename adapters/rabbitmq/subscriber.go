@@ -478,7 +478,7 @@ func (s *subscriber) Close(ctx context.Context) error {
 	}
 	s.retryMu.Lock()
 	if s.retry != nil {
-		s.retry.ch.Close()
+		_ = s.retry.close()
 		s.retry = nil
 	}
 	s.retryMu.Unlock()

@@ -83,7 +83,9 @@ func TestDefaultStack(t *testing.T) {
 		mwtest.Eventually(t, 30*time.Second, func() bool {
 			r := ledger.Report()
 			return r.Handled == n-poison && deadLettered.Load() == poison && stats.Snapshot().Duplicates == 20
-		}, "not done: ledger %+v, dead-lettered %d, dedupe %+v", ledger.Report(), deadLettered.Load(), stats.Snapshot())
+		}, "not done: ledger %+v, dead-lettered %d, dedupe %+v",
+			mwtest.Late(func() any { return ledger.Report() }), mwtest.Late(func() any { return deadLettered.Load() }),
+			mwtest.Late(func() any { return stats.Snapshot() }))
 		r := ledger.Report()
 		if len(r.Lost) != 0 || r.Duplicates != 0 {
 			t.Fatalf("lost %v, handled twice %d", r.Lost, r.Duplicates)

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -158,7 +159,8 @@ func Consume(t *testing.T, sub *broker.Subscriber, h broker.Handler, opts broker
 }
 
 // Eventually polls cond every 10ms until it holds, failing the test with
-// the message after within.
+// the message after within. Its arguments are evaluated when it is called:
+// wrap one in Late to show the state the test gave up in.
 func Eventually(t *testing.T, within time.Duration, cond func() bool, format string, args ...any) {
 	t.Helper()
 	deadline := time.Now().Add(within)
@@ -181,3 +183,11 @@ func Receive(t *testing.T, sub *broker.Subscriber, d time.Duration) *broker.Deli
 	}
 	return del
 }
+
+// Late is formatted as what f returns when it is formatted, as by a
+// failing Eventually, not when the call that takes it is made.
+func Late(f func() any) fmt.Formatter { return late(f) }
+
+type late func() any
+
+func (l late) Format(s fmt.State, verb rune) { fmt.Fprintf(s, fmt.FormatString(s, verb), l()) }

@@ -119,6 +119,8 @@ type child struct {
 	stdin   io.WriteCloser
 	ready   chan struct{} // closed at READY
 	exited  chan struct{} // closed when the output ends
+	led     *tally
+	holdAt  int // see proc.atKillPoint
 	mu      sync.Mutex
 	problem string // REFUSED or ERR text
 	refused bool
@@ -136,7 +138,7 @@ func testPattern(name string) string {
 
 // startChild runs the test binary again as a consumer of spec, feeding what
 // it handles into led.
-func (p *probe) startChild(spec childSpec, led *tally) (*child, error) {
+func (p *probe) startChild(spec childSpec, led *tally, holdAt int) (*child, error) {
 	raw, _ := json.Marshal(spec)
 	cmd := exec.Command(os.Args[0], "-test.run="+testPattern(p.h.testName), "-test.count=1", "-test.timeout=30m")
 	cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
@@ -152,7 +154,7 @@ func (p *probe) startChild(spec childSpec, led *tally) (*child, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting the consumer process: %w", err)
 	}
-	c := &child{cmd: cmd, stdin: stdin, ready: make(chan struct{}), exited: make(chan struct{})}
+	c := &child{cmd: cmd, stdin: stdin, ready: make(chan struct{}), exited: make(chan struct{}), led: led, holdAt: holdAt}
 	go func() {
 		defer close(c.exited)
 		sc := bufio.NewScanner(stdout)
@@ -226,6 +228,10 @@ func (c *child) stop(d time.Duration) {
 // process whose subscriber is closed under it.
 type proc interface {
 	waitReady(ctx context.Context) error
+	// atKillPoint reports whether the consumer has come to where crashRun
+	// kills it: the ledger counts the holdAt messages handled that it was
+	// started with (see probe.start).
+	atKillPoint() bool
 	kill()
 	stop(d time.Duration)
 	done() <-chan struct{}
@@ -233,16 +239,38 @@ type proc interface {
 
 func (c *child) done() <-chan struct{} { return c.exited }
 
+// atKillPoint: the ledger counts holdAt messages handled. The child runs
+// on: the kill lands wherever it has come to by then.
+func (c *child) atKillPoint() bool { return c.led.handledCount() >= c.holdAt }
+
 // inProcess is the crash of a consumer simulated in this process: kill
 // closes the subscriber while Consume runs — unsettled deliveries go back
 // to the broker, handlers in flight cannot ack — then stops Consume.
+//
+// A consumer started to be killed (holdAt not runToEnd) stops handling once
+// the ledger counts holdAt messages handled: every handler that starts after
+// that holds its delivery, unhandled and unsettled, until the kill, and the
+// first to do so tells crashRun to kill. The kill thus always lands with
+// deliveries outstanding, as a SIGKILL of a busy process does; without the
+// hold, a consumer in this process could handle the whole stream before
+// the kill came.
 type inProcess struct {
-	sub    *broker.Subscriber
-	cancel context.CancelFunc
-	exited chan struct{}
+	sub     *broker.Subscriber
+	cancel  context.CancelFunc
+	exited  chan struct{}
+	led     *tally
+	holdAt  int
+	holding chan struct{} // closed when a handler first holds its delivery
+	hold    func()        // closes holding, once
+	killed  chan struct{} // closed by kill after the subscriber's Close: held handlers return
+	release func()        // closes killed, once
 }
 
-func (p *probe) startInProcess(spec childSpec, led *tally) (*inProcess, error) {
+// errCrashed is what a held handler returns once its consumer was killed:
+// its delivery was given back by the crash, not handled.
+var errCrashed = errors.New("conformance: the consumer crashed before handling this delivery")
+
+func (p *probe) startInProcess(spec childSpec, led *tally, holdAt int) (*inProcess, error) {
 	sub, err := p.b.NewSubscriber(p.ctx, broker.SubscriberOptions{Topic: spec.Topic, Group: spec.Group,
 		Guarantee: spec.Guarantee, Ordering: spec.Ordering, AckTimeout: spec.AckTimeout})
 	if err != nil {
@@ -252,13 +280,24 @@ func (p *probe) startInProcess(spec childSpec, led *tally) (*inProcess, error) {
 		return nil, fmt.Errorf("NewSubscriber: %w", err)
 	}
 	ctx, cancel := context.WithCancel(p.ctx)
-	c := &inProcess{sub: sub, cancel: cancel, exited: make(chan struct{})}
+	c := &inProcess{sub: sub, cancel: cancel, exited: make(chan struct{}), led: led, holdAt: holdAt,
+		holding: make(chan struct{}), killed: make(chan struct{})}
+	c.hold = sync.OnceFunc(func() { close(c.holding); p.sig.poke() })
+	c.release = sync.OnceFunc(func() { close(c.killed) })
 	p.goSafe(func() {
 		defer close(c.exited)
 		_ = broker.Consume(ctx, sub, broker.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+			if c.holdAt != runToEnd && led.handledCount() >= c.holdAt {
+				c.hold()
+				select {
+				case <-c.killed:
+				case <-ctx.Done():
+				}
+				return errCrashed
+			}
 			led.Delivered(m.ID)
 			led.Handled(m.ID)
-			time.Sleep(childWork)
+			time.Sleep(childWork) // the handler's work
 			return nil
 		}), broker.ConsumeOptions{Concurrency: spec.Concurrency, ShutdownTimeout: teardownTimeout, OnError: func(*broker.Message, error) {}})
 	})
@@ -267,9 +306,23 @@ func (p *probe) startInProcess(spec childSpec, led *tally) (*inProcess, error) {
 
 func (c *inProcess) waitReady(context.Context) error { return nil }
 func (c *inProcess) done() <-chan struct{}           { return c.exited }
+
+// atKillPoint: a handler holds its delivery, or there is nothing left to
+// hold (the ledger counts every message handled: what a concurrent handler
+// started just before the hold may have finished the stream).
+func (c *inProcess) atKillPoint() bool {
+	select {
+	case <-c.holding:
+		return true
+	default:
+		return c.led.complete()
+	}
+}
+
 func (c *inProcess) kill() {
 	_ = c.sub.Close(context.Background())
 	c.cancel()
+	c.release() // after the Close: a held delivery was given back, not settled
 	<-c.exited
 }
 func (c *inProcess) stop(d time.Duration) {
@@ -280,17 +333,22 @@ func (c *inProcess) stop(d time.Duration) {
 	_ = c.sub.Close(context.Background())
 }
 
+// runToEnd is the holdAt of a consumer that is not to be killed.
+const runToEnd = -1
+
 // start starts a consumer of spec: a child process where the harness allows,
-// else one in this process.
-func (p *probe) start(spec childSpec) (proc, error) {
+// else one in this process. A consumer that is to be killed is given holdAt,
+// the number of messages handled (by the ledger's count) at which crashRun
+// kills it (see proc.atKillPoint); runToEnd for one that is not.
+func (p *probe) start(spec childSpec, holdAt int) (proc, error) {
 	if p.h.SharedAcrossProcesses && p.h.testName != "" {
-		c, err := p.startChild(spec, p.led)
+		c, err := p.startChild(spec, p.led, holdAt)
 		if err != nil {
 			return nil, err
 		}
 		return c, nil
 	}
-	c, err := p.startInProcess(spec, p.led)
+	c, err := p.startInProcess(spec, p.led, holdAt)
 	if err != nil {
 		return nil, err
 	}
@@ -323,7 +381,14 @@ func (p *probe) crashRun(spec childSpec, finishAll bool) error {
 	}
 	kills := 0
 	for kills < p.h.Kills {
-		c, err := p.start(spec)
+		// Nothing is handled between the last kill (which waits for the
+		// consumer's end) and the next start.
+		from := p.led.handledCount()
+		if from == n {
+			break
+		}
+		target := min(n, from+n/20+rand.IntN(n/8+1))
+		c, err := p.start(spec, target)
 		if err != nil {
 			return err
 		}
@@ -331,19 +396,13 @@ func (p *probe) crashRun(spec childSpec, finishAll bool) error {
 		if err := c.waitReady(p.ctx); err != nil {
 			return err
 		}
-		from := p.led.handledCount()
-		if from == n {
-			c.stop(teardownTimeout)
-			break
-		}
-		target := min(n, from+n/20+rand.IntN(n/8+1))
 		err = p.wait(fmt.Sprintf("the consumer process to handle %d messages before it is killed", target-from), func() bool {
 			select {
 			case <-c.done():
 				return true
 			default:
 			}
-			return p.led.handledCount() >= target
+			return c.atKillPoint()
 		})
 		c.kill()
 		if err != nil {
@@ -351,7 +410,7 @@ func (p *probe) crashRun(spec childSpec, finishAll bool) error {
 		}
 		kills++
 	}
-	c, err := p.start(spec)
+	c, err := p.start(spec, runToEnd)
 	if err != nil {
 		return err
 	}

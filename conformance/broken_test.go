@@ -371,8 +371,10 @@ var brokenCases = []brokenCase{
 }
 
 // brokenHarness runs fast: short ack timeout, 300 messages (enough for the
-// 1% dropper to drop 3), and a short timeout since the failing properties
-// wait for it.
+// 1% dropper to drop 3), a short timeout since the failing properties
+// wait for it, and every property at once (the test's check call, and the
+// defaults property's own, whose failing sub-properties each wait out the
+// timeout).
 func brokenHarness(t *testing.T, c brokenCase) Harness {
 	// One memory broker per case, shared by name: what OpenAt's publishers
 	// send through the shim arrives where Open's subscribers read.
@@ -437,6 +439,7 @@ func brokenHarness(t *testing.T, c brokenCase) Harness {
 		AckTimeout: time.Second,
 		Messages:   300,
 		Timeout:    5 * time.Second,
+		Parallel:   len(properties),
 	}
 }
 

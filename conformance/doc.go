@@ -22,7 +22,8 @@
 // group's first subscriber is created before anything is published to its
 // topic, so an adapter must deliver to a group every message published after
 // its first NewSubscriber returned. Check runs the same suite without a *testing.T,
-// for tools.
+// for tools. Properties run one after the other; Harness.Parallel runs
+// several at once, for a broker that makes the suite mostly wait.
 //
 // # Capabilities decide what runs
 //

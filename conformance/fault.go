@@ -377,14 +377,31 @@ func defaults(p *probe) error {
 	}
 	h := p.h
 	h.Open, h.Defaults = p.h.Defaults, nil
-	var failed []string
-	for _, name := range defaultsProps {
+	// Harness.Parallel of them at once, each with a fresh Timeout of its
+	// own, as in the suite.
+	results := make([]*Result, len(defaultsProps))
+	sem := make(chan struct{}, h.Parallel)
+	var wg sync.WaitGroup
+	for i, name := range defaultsProps {
 		prop, _ := lookupProperty(name)
 		if prop.needs(p.caps) != "" {
 			continue
 		}
-		// Each runs with a fresh Timeout of its own, as in the suite.
-		res := runProperty(context.WithoutCancel(p.ctx), h, prop, p.logf)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			res := runProperty(context.WithoutCancel(p.ctx), h, prop, p.logf)
+			results[i] = &res
+		}()
+	}
+	wg.Wait()
+	var failed []string
+	for i, name := range defaultsProps {
+		res := results[i]
+		if res == nil {
+			continue
+		}
 		switch res.Verdict {
 		case Fail:
 			failed = append(failed, fmt.Sprintf("%s (%s)", name, res.Detail))

@@ -39,6 +39,16 @@ type Harness struct {
 	// Timeout bounds each property; default 60s. A property waiting for a
 	// message that never comes fails when it runs out.
 	Timeout time.Duration
+	// Parallel is how many properties Run and Check run at once, and how
+	// many of its sub-properties the defaults property runs at once;
+	// default 1, one after the other. Every property has its own broker,
+	// topic and groups, and makes the same checks with the same windows
+	// either way; what properties running at once share is the broker's
+	// server and the machine, so the timings they report (latency,
+	// recovery) are those of a busier server. A broker that makes the suite
+	// mostly wait (long polls that Close waits for, leases of seconds)
+	// passes it in a fraction of the time with a few at once.
+	Parallel int
 
 	// SharedAcrossProcesses says that the broker Open reaches can also be
 	// reached from another process running the same test (a server, or an
@@ -108,6 +118,9 @@ func (h Harness) withDefaults() (Harness, error) {
 	if h.Kills <= 0 {
 		h.Kills = defaultKills
 	}
+	if h.Parallel <= 0 {
+		h.Parallel = 1
+	}
 	if os.Getenv(LongEnv) == "1" && h.Timeout < longTimeout {
 		// 100 cuts, each with its reconnection, outlast a short timeout.
 		h.Timeout = longTimeout
@@ -116,10 +129,13 @@ func (h Harness) withDefaults() (Harness, error) {
 }
 
 // Run runs every property against the adapter, each as t.Run(property, ...),
-// one after the other. A property the adapter's Capabilities do not claim is
-// skipped with a message starting "unsupported:"; a failed one fails its
-// subtest with the Ledger's numbers and the offending ids. When ReportEnv is
-// set, Run writes the JSON report of the properties it ran (see the package
+// one after the other, or Harness.Parallel at a time (subtests started from
+// goroutines, not t.Parallel ones: go test's -parallel, the number of CPUs
+// by default, would hold back a suite that mostly waits). A property the
+// adapter's Capabilities do not claim is skipped with a message starting
+// "unsupported:"; a failed one fails its subtest with the Ledger's numbers
+// and the offending ids. When ReportEnv is set, Run writes the JSON report
+// of the properties it ran, in the order of Properties (see the package
 // doc for how several Run calls share one path).
 func Run(t *testing.T, h Harness) {
 	t.Helper()
@@ -152,10 +168,11 @@ func run(t *testing.T, h Harness, props []property) {
 	}
 	h.testName = t.Name()
 	rep := Report{Adapter: h.Name}
-	for _, prop := range props {
+	results := make([]*Result, len(props)) // nil: not run (-test.run)
+	one := func(i int, prop property) {
 		t.Run(prop.name, func(t *testing.T) {
 			res := runProperty(t.Context(), h, prop, t.Logf)
-			rep.Results = append(rep.Results, res)
+			results[i] = &res
 			switch res.Verdict {
 			case Unsupported:
 				t.Skip("unsupported: " + res.Detail)
@@ -173,6 +190,29 @@ func run(t *testing.T, h Harness, props []property) {
 			}
 		})
 	}
+	// With Parallel > 1, each goroutine calls t.Run for one property (the
+	// testing package allows concurrent calls) and writes its own element
+	// of results.
+	sem := make(chan struct{}, h.Parallel)
+	var wg sync.WaitGroup
+	for i, prop := range props {
+		if h.Parallel == 1 {
+			one(i, prop)
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			one(i, prop)
+		}()
+	}
+	wg.Wait()
+	for _, res := range results {
+		if res != nil {
+			rep.Results = append(rep.Results, *res)
+		}
+	}
 	if path := os.Getenv(ReportEnv); path != "" && len(rep.Results) > 0 {
 		where, err := recordReport(path, rep)
 		if err != nil {
@@ -186,9 +226,10 @@ func run(t *testing.T, h Harness, props []property) {
 // Check runs the suite without a *testing.T and returns the report, for
 // tools such as the queuekit command. only restricts the run to the named
 // properties (all when empty); an unknown name is an error. Properties run
-// one after the other, each bounded by Harness.Timeout.
+// Harness.Parallel at a time (by default one after the other), each bounded
+// by Harness.Timeout.
 func Check(ctx context.Context, h Harness, only ...string) (Report, error) {
-	return check(ctx, h, 1, only...)
+	return check(ctx, h, h.Parallel, only...)
 }
 
 // check is Check with up to parallel properties running at once (each has

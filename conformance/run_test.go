@@ -2,9 +2,11 @@ package conformance_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,9 +40,11 @@ func (hidden) Capabilities() semantics.Capabilities { return semantics.Capabilit
 
 // TestRunReportsAndSkips runs Run in a child test process against an
 // adapter that claims nothing, with the report variable set, and checks the
-// child's verdicts, its skip messages and the JSON it wrote.
+// child's verdicts, its skip messages and the JSON it wrote: once with the
+// properties one after the other, once with Harness.Parallel 4 (whose
+// report must list them in the same order).
 func TestRunReportsAndSkips(t *testing.T) {
-	if os.Getenv("QUEUEKIT_CONFORMANCE_CHILD") == "1" {
+	if parallel, err := strconv.Atoi(os.Getenv("QUEUEKIT_CONFORMANCE_CHILD")); err == nil {
 		conformance.Run(t, conformance.Harness{
 			Name: "claims-nothing",
 			Open: func(ctx context.Context) (*broker.Broker, error) {
@@ -48,12 +52,19 @@ func TestRunReportsAndSkips(t *testing.T) {
 			},
 			AckTimeout: time.Second,
 			Messages:   100,
+			Parallel:   parallel,
 		})
 		return
 	}
+	for _, parallel := range []int{1, 4} {
+		t.Run(fmt.Sprint("parallel=", parallel), func(t *testing.T) { runReportsAndSkips(t, parallel) })
+	}
+}
+
+func runReportsAndSkips(t *testing.T, parallel int) {
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestRunReportsAndSkips$", "-test.v")
-	cmd.Env = append(os.Environ(), "QUEUEKIT_CONFORMANCE_CHILD=1",
+	cmd.Env = append(os.Environ(), "QUEUEKIT_CONFORMANCE_CHILD="+strconv.Itoa(parallel),
 		conformance.ReportEnv+"="+filepath.Join(dir, "report-{adapter}.json"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -66,7 +77,10 @@ func TestRunReportsAndSkips(t *testing.T) {
 	if rep.Adapter != "claims-nothing" || len(rep.Results) != len(conformance.Properties()) {
 		t.Fatalf("report for %q with %d results, want claims-nothing with %d", rep.Adapter, len(rep.Results), len(conformance.Properties()))
 	}
-	for _, p := range conformance.Properties() {
+	for i, p := range conformance.Properties() {
+		if got := rep.Results[i].Property; got != p.Name {
+			t.Errorf("report result %d is %s, want %s (the order the properties are listed in)", i, got, p.Name)
+		}
 		res, ok := rep.Result(p.Name)
 		if !ok {
 			t.Errorf("no result for %s", p.Name)

@@ -20,7 +20,9 @@ import (
 // that only makes them quicker. The defaults property runs the core
 // properties again with nothing but the mode in the URL; in queue mode that
 // is the default URL, with which TestConformanceDefaults runs the whole
-// suite, so the sqs run leaves it out.
+// suite, so the sqs run leaves it out. Each run has eight properties going
+// at once (Harness.Parallel): they wait on long polls and visibility
+// timeouts, each on queues of its own.
 func TestConformance(t *testing.T) {
 	t.Parallel() // alongside TestConformanceDefaults: both mostly wait on timers
 	for _, c := range []struct {
@@ -66,6 +68,7 @@ func conform(t *testing.T, name, params, defaults string, withDefaults bool) {
 		Open:                  func(ctx context.Context) (*broker.Broker, error) { return openAt(ctx, ep, params) },
 		SharedAcrossProcesses: true,
 		Addr:                  u.Host,
+		Parallel:              8,
 		OpenAt: func(ctx context.Context, addr string) (*broker.Broker, error) {
 			return openAt(ctx, "http://"+addr, params)
 		},

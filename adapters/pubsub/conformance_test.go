@@ -22,6 +22,10 @@ import (
 // PUBSUB_EMULATOR_HOST tells the children where the server is. The
 // fault.cut-* properties reach it through a TCP proxy (emulator=PROXY).
 // pstest keeps its state in memory only, so there is no broker restart.
+//
+// Eight properties run at once (Harness.Parallel): most of the time goes
+// to waiting for leases and for at-most-once acks that pstest confirms,
+// and each property has its own topic and subscriptions.
 func TestConformance(t *testing.T) {
 	project, emulator := testenv.PubSub(t)
 	if emulator != "" && os.Getenv("PUBSUB_EMULATOR_HOST") == "" {
@@ -29,8 +33,9 @@ func TestConformance(t *testing.T) {
 	}
 	url := brokerURL(t)
 	h := conformance.Harness{
-		Name: "pubsub",
-		Open: func(ctx context.Context) (*broker.Broker, error) { return broker.Open(ctx, url) },
+		Name:     "pubsub",
+		Open:     func(ctx context.Context) (*broker.Broker, error) { return broker.Open(ctx, url) },
+		Parallel: 8,
 		Defaults: func(ctx context.Context) (*broker.Broker, error) {
 			if emulator == "" {
 				return broker.Open(ctx, "gcppubsub://"+project)

@@ -120,7 +120,7 @@ type child struct {
 	ready   chan struct{} // closed at READY
 	exited  chan struct{} // closed when the output ends
 	led     *tally
-	holdAt  int // see proc.atKillPoint
+	killAt  int // see proc.atKillPoint
 	mu      sync.Mutex
 	problem string // REFUSED or ERR text
 	refused bool
@@ -138,7 +138,7 @@ func testPattern(name string) string {
 
 // startChild runs the test binary again as a consumer of spec, feeding what
 // it handles into led.
-func (p *probe) startChild(spec childSpec, led *tally, holdAt int) (*child, error) {
+func (p *probe) startChild(spec childSpec, led *tally, killAt int) (*child, error) {
 	raw, _ := json.Marshal(spec)
 	cmd := exec.Command(os.Args[0], "-test.run="+testPattern(p.h.testName), "-test.count=1", "-test.timeout=30m")
 	cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
@@ -154,7 +154,7 @@ func (p *probe) startChild(spec childSpec, led *tally, holdAt int) (*child, erro
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting the consumer process: %w", err)
 	}
-	c := &child{cmd: cmd, stdin: stdin, ready: make(chan struct{}), exited: make(chan struct{}), led: led, holdAt: holdAt}
+	c := &child{cmd: cmd, stdin: stdin, ready: make(chan struct{}), exited: make(chan struct{}), led: led, killAt: killAt}
 	go func() {
 		defer close(c.exited)
 		sc := bufio.NewScanner(stdout)
@@ -229,7 +229,7 @@ func (c *child) stop(d time.Duration) {
 type proc interface {
 	waitReady(ctx context.Context) error
 	// atKillPoint reports whether the consumer has come to where crashRun
-	// kills it: the ledger counts the holdAt messages handled that it was
+	// kills it: the ledger counts the killAt messages handled that it was
 	// started with (see probe.start).
 	atKillPoint() bool
 	kill()
@@ -239,16 +239,16 @@ type proc interface {
 
 func (c *child) done() <-chan struct{} { return c.exited }
 
-// atKillPoint: the ledger counts holdAt messages handled. The child runs
+// atKillPoint: the ledger counts killAt messages handled. The child runs
 // on: the kill lands wherever it has come to by then.
-func (c *child) atKillPoint() bool { return c.led.handledCount() >= c.holdAt }
+func (c *child) atKillPoint() bool { return c.led.handledCount() >= c.killAt }
 
 // inProcess is the crash of a consumer simulated in this process: kill
 // closes the subscriber while Consume runs — unsettled deliveries go back
 // to the broker, handlers in flight cannot ack — then stops Consume.
 //
-// A consumer started to be killed (holdAt not runToEnd) stops handling once
-// the ledger counts holdAt messages handled: every handler that starts after
+// A consumer started to be killed (killAt not runToEnd) stops handling once
+// the ledger counts killAt messages handled: every handler that starts after
 // that holds its delivery, unhandled and unsettled, until the kill, and the
 // first to do so tells crashRun to kill. The kill thus always lands with
 // deliveries outstanding, as a SIGKILL of a busy process does; without the
@@ -259,7 +259,7 @@ type inProcess struct {
 	cancel  context.CancelFunc
 	exited  chan struct{}
 	led     *tally
-	holdAt  int
+	holdAt  int           // killAt: handlers hold their delivery from there
 	holding chan struct{} // closed when a handler first holds its delivery
 	hold    func()        // closes holding, once
 	killed  chan struct{} // closed by kill after the subscriber's Close: held handlers return
@@ -270,7 +270,7 @@ type inProcess struct {
 // its delivery was given back by the crash, not handled.
 var errCrashed = errors.New("conformance: the consumer crashed before handling this delivery")
 
-func (p *probe) startInProcess(spec childSpec, led *tally, holdAt int) (*inProcess, error) {
+func (p *probe) startInProcess(spec childSpec, led *tally, killAt int) (*inProcess, error) {
 	sub, err := p.b.NewSubscriber(p.ctx, broker.SubscriberOptions{Topic: spec.Topic, Group: spec.Group,
 		Guarantee: spec.Guarantee, Ordering: spec.Ordering, AckTimeout: spec.AckTimeout})
 	if err != nil {
@@ -280,7 +280,7 @@ func (p *probe) startInProcess(spec childSpec, led *tally, holdAt int) (*inProce
 		return nil, fmt.Errorf("NewSubscriber: %w", err)
 	}
 	ctx, cancel := context.WithCancel(p.ctx)
-	c := &inProcess{sub: sub, cancel: cancel, exited: make(chan struct{}), led: led, holdAt: holdAt,
+	c := &inProcess{sub: sub, cancel: cancel, exited: make(chan struct{}), led: led, holdAt: killAt,
 		holding: make(chan struct{}), killed: make(chan struct{})}
 	c.hold = sync.OnceFunc(func() { close(c.holding); p.sig.poke() })
 	c.release = sync.OnceFunc(func() { close(c.killed) })
@@ -333,22 +333,22 @@ func (c *inProcess) stop(d time.Duration) {
 	_ = c.sub.Close(context.Background())
 }
 
-// runToEnd is the holdAt of a consumer that is not to be killed.
+// runToEnd is the killAt of a consumer that is not to be killed.
 const runToEnd = -1
 
 // start starts a consumer of spec: a child process where the harness allows,
-// else one in this process. A consumer that is to be killed is given holdAt,
+// else one in this process. A consumer that is to be killed is given killAt,
 // the number of messages handled (by the ledger's count) at which crashRun
 // kills it (see proc.atKillPoint); runToEnd for one that is not.
-func (p *probe) start(spec childSpec, holdAt int) (proc, error) {
+func (p *probe) start(spec childSpec, killAt int) (proc, error) {
 	if p.h.SharedAcrossProcesses && p.h.testName != "" {
-		c, err := p.startChild(spec, p.led, holdAt)
+		c, err := p.startChild(spec, p.led, killAt)
 		if err != nil {
 			return nil, err
 		}
 		return c, nil
 	}
-	c, err := p.startInProcess(spec, p.led, holdAt)
+	c, err := p.startInProcess(spec, p.led, killAt)
 	if err != nil {
 		return nil, err
 	}

@@ -379,23 +379,15 @@ func defaults(p *probe) error {
 	h.Open, h.Defaults = p.h.Defaults, nil
 	// Harness.Parallel of them at once, each with a fresh Timeout of its
 	// own, as in the suite.
-	results := make([]*Result, len(defaultsProps))
-	sem := make(chan struct{}, h.Parallel)
-	var wg sync.WaitGroup
-	for i, name := range defaultsProps {
-		prop, _ := lookupProperty(name)
+	results := make([]*Result, len(defaultsProps)) // nil: not applicable
+	atMost(h.Parallel, len(defaultsProps), func(i int) {
+		prop, _ := lookupProperty(defaultsProps[i])
 		if prop.needs(p.caps) != "" {
-			continue
+			return
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			res := runProperty(context.WithoutCancel(p.ctx), h, prop, p.logf)
-			results[i] = &res
-		}()
-	}
-	wg.Wait()
+		res := runProperty(context.WithoutCancel(p.ctx), h, prop, p.logf)
+		results[i] = &res
+	})
 	var failed []string
 	for i, name := range defaultsProps {
 		res := results[i]

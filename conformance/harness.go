@@ -193,21 +193,7 @@ func run(t *testing.T, h Harness, props []property) {
 	// With Parallel > 1, each goroutine calls t.Run for one property (the
 	// testing package allows concurrent calls) and writes its own element
 	// of results.
-	sem := make(chan struct{}, h.Parallel)
-	var wg sync.WaitGroup
-	for i, prop := range props {
-		if h.Parallel == 1 {
-			one(i, prop)
-			continue
-		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			one(i, prop)
-		}()
-	}
-	wg.Wait()
+	atMost(h.Parallel, len(props), func(i int) { one(i, props[i]) })
 	for _, res := range results {
 		if res != nil {
 			rep.Results = append(rep.Results, *res)
@@ -244,18 +230,31 @@ func check(ctx context.Context, h Harness, parallel int, only ...string) (Report
 		return Report{}, err
 	}
 	rep := Report{Adapter: h.Name, Results: make([]Result, len(props))}
-	sem := make(chan struct{}, max(parallel, 1))
+	atMost(parallel, len(props), func(i int) { rep.Results[i] = runProperty(ctx, h, props[i], nil) })
+	return rep, nil
+}
+
+// atMost calls f(i) for every i in [0, n), at most parallel calls at once,
+// and returns when all have returned. With parallel 1 (or less) it calls
+// them one after the other on this goroutine.
+func atMost(parallel, n int, f func(i int)) {
+	if parallel <= 1 {
+		for i := range n {
+			f(i)
+		}
+		return
+	}
+	sem := make(chan struct{}, parallel)
 	var wg sync.WaitGroup
-	for i, prop := range props {
-		wg.Add(1)
+	for i := range n {
 		sem <- struct{}{}
+		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			rep.Results[i] = runProperty(ctx, h, prop, nil)
+			f(i)
 		}()
 	}
 	wg.Wait()
-	return rep, nil
 }
 
 func selectProperties(only []string) ([]property, error) {

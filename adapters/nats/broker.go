@@ -24,7 +24,7 @@ const (
 	// AtMostOncePrefetch caps the default prefetch of at-most-once
 	// subscribers (see the package doc).
 	AtMostOncePrefetch    = 16
-	DefaultPublishWindow  = 1024
+	DefaultPublishWindow  = 4096
 	DefaultPublishTimeout = 30 * time.Second
 	// HeaderReserve is what MaxMessageSize keeps of the server's
 	// max_payload for the header block (ID, key, framing).

@@ -69,6 +69,6 @@ func ExampleOpen_errors() {
 	_, err = broker.Open(context.Background(), "nats://user:secret@localhost:4222")
 	fmt.Println(broker.KindOf(err))
 	// Output:
-	// mem: open: unknown URL parameter(s) bufer (valid: ack_timeout, buffer, max_size)
+	// mem: open: unknown URL parameter(s) bufer (valid: ack_timeout, buffer, max_size, pace)
 	// invalid argument
 }

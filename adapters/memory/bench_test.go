@@ -125,8 +125,13 @@ func BenchmarkPublish(b *testing.B) {
 // runs; the clock stops when Consume has acked them all. The channel
 // baseline is producer goroutine -> buffered channel -> the same number of
 // workers -> an ack counter.
+//
+// queuekit-unpaced is queuekit with Options.Pace -1: the publisher runs
+// ahead of the handlers until the group holds Buffer messages (see
+// "Backpressure" in the package doc).
 func BenchmarkEndToEnd(b *testing.B) {
 	b.Run("queuekit", func(b *testing.B) { benchEndToEnd(b, 1, 0) })
+	b.Run("queuekit-unpaced", func(b *testing.B) { benchEndToEndWith(b, 1, 0, false, memory.Options{Pace: -1}) })
 	b.Run("channel", benchEndToEndChannel)
 }
 
@@ -148,15 +153,17 @@ func BenchmarkEndToEndPerKey(b *testing.B) {
 // (benchConcurrency batch handlers, default MaxBatch) in place of Consume;
 // the handler counts the batch's messages and succeeds.
 func BenchmarkEndToEndConsumeBatch(b *testing.B) {
-	b.Run("queuekit", func(b *testing.B) { benchEndToEndWith(b, 1, 0, true) })
+	b.Run("queuekit", func(b *testing.B) { benchEndToEndWith(b, 1, 0, true, memory.Options{}) })
 	b.Run("channel", benchEndToEndChannel)
 }
 
-func benchEndToEnd(b *testing.B, batch, keys int) { benchEndToEndWith(b, batch, keys, false) }
+func benchEndToEnd(b *testing.B, batch, keys int) {
+	benchEndToEndWith(b, batch, keys, false, memory.Options{})
+}
 
-func benchEndToEndWith(b *testing.B, batch, keys int, consumeBatch bool) {
+func benchEndToEndWith(b *testing.B, batch, keys int, consumeBatch bool, opts memory.Options) {
 	ctx := context.Background()
-	mb := memory.New(memory.Options{})
+	mb := memory.New(opts)
 	br := broker.New(mb)
 	defer br.Close(ctx)
 	order := semantics.Unordered

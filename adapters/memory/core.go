@@ -12,7 +12,8 @@ import (
 
 // core is one in-process broker, shared by the handles (*Broker) on it.
 type core struct {
-	buffer int
+	buffer int // Options.Buffer
+	pace   int // Options.Pace, after defaults (negative: no pacing)
 	refs   int // guarded by registryMu
 
 	mu     sync.RWMutex
@@ -20,8 +21,8 @@ type core struct {
 	closed bool
 }
 
-func newCore(buffer int) *core {
-	return &core{buffer: buffer, topics: make(map[string]*topic)}
+func newCore(opts Options) *core {
+	return &core{buffer: opts.Buffer, pace: opts.Pace, topics: make(map[string]*topic)}
 }
 
 // topic returns the topic called name, creating it.
@@ -42,7 +43,7 @@ func (c *core) topic(name string) (*topic, error) {
 	}
 	if t = c.topics[name]; t == nil {
 		t = &topic{name: name, c: c, byName: make(map[string]*group)}
-		t.orphan = newGroup(t, "", c.buffer)
+		t.orphan = newGroup(t, "", c)
 		t.targets.Store(&[]*group{t.orphan})
 		c.topics[name] = t
 	}
@@ -116,7 +117,7 @@ func (t *topic) group(name string) *group {
 			old := *t.targets.Load()
 			gs := make([]*group, len(old), len(old)+1)
 			copy(gs, old)
-			g = newGroup(t, name, t.c.buffer)
+			g = newGroup(t, name, t.c)
 			gs = append(gs, g)
 			t.targets.Store(&gs)
 		}

@@ -140,22 +140,69 @@ type group struct {
 	room       chan struct{} // wakes one waiting publisher (it wakes the next)
 	wakeAt     int           // count at or below which waiting publishers wake
 
+	// Pacing (Options.Pace): while paced and the group has subscribers,
+	// publishers take pace as its capacity, waiting at most paceWait for
+	// room; a wait that runs out clears paced until the subscribers have
+	// taken count down to paceWake, or for 100 paceWaits.
+	pace, paceWake int // pace 0: no pacing
+	paced          bool
+	unpacedAt      int64 // when paced was cleared (nanotime)
+
 	timer   *time.Timer
 	timerAt int64 // when the timer fires; 0 when not armed
 
 	published, acked, redelivered, dead uint64
 }
 
-func newGroup(t *topic, name string, capacity int) *group {
-	return &group{
+func newGroup(t *topic, name string, c *core) *group {
+	g := &group{
 		t:      t,
 		name:   name,
-		cap:    capacity,
+		cap:    c.buffer,
 		keys:   newKeyTable(),
 		signal: make(chan struct{}, 1),
 		room:   make(chan struct{}, 1),
-		wakeAt: capacity - max(1, capacity/16),
+		wakeAt: wakePoint(c.buffer),
 	}
+	if c.pace > 0 && c.pace < c.buffer {
+		g.pace, g.paceWake, g.paced = c.pace, wakePoint(c.pace), true
+	}
+	return g
+}
+
+// wakePoint is the count at or below which publishers waiting for a group
+// of capacity n wake: a sixteenth of it free, so that they wake once per
+// batch of acks rather than per ack.
+func wakePoint(n int) int { return n - max(1, n/16) }
+
+// paceWait is the longest a publisher waits for the subscribers of a paced
+// group (Options.Pace): far longer than subscribers that keep up take to
+// free a sixteenth of the pace, even through a garbage collection or a
+// virtual CPU's stolen time, and short enough that a publisher whom the
+// subscribers themselves wait for (a handler publishing to its own topic,
+// and all of them doing so) loses little. Once it runs out, publishers fill
+// the group up to Buffer until the subscribers catch up, or for paceRetry:
+// such a publisher loses at most paceWait per 100 paceWaits (1%). A
+// variable for tests (SetPaceWait).
+var paceWait atomic.Int64
+
+func init() { paceWait.Store(int64(5 * time.Millisecond)) }
+
+// pacingLocked reports whether publishers take pace as the group's
+// capacity now.
+func (g *group) pacingLocked() bool {
+	if !g.paced && g.pace > 0 && nanotime()-g.unpacedAt >= 100*paceWait.Load() {
+		g.paced = true
+	}
+	return g.paced && len(g.subs) > 0
+}
+
+// limitLocked is the count up to which publishers may fill the group now.
+func (g *group) limitLocked() int {
+	if g.pacingLocked() {
+		return g.pace
+	}
+	return g.cap
 }
 
 func (g *group) wakeReceiverLocked() {
@@ -169,7 +216,14 @@ func (g *group) wakeReceiverLocked() {
 
 // freedLocked wakes a waiting publisher once enough room is free.
 func (g *group) freedLocked() {
-	if g.pubWaiters > 0 && g.count <= g.wakeAt {
+	if !g.paced && g.pace > 0 && g.count <= g.paceWake {
+		g.paced = true // the subscribers caught up
+	}
+	wakeAt := g.wakeAt
+	if g.pacingLocked() {
+		wakeAt = g.paceWake
+	}
+	if g.pubWaiters > 0 && g.count <= wakeAt {
 		g.wakePublisherLocked()
 	}
 }
@@ -547,8 +601,15 @@ func (g *group) releaseLocked(s *subscriber) {
 
 // ---- publishing ----
 
-// reserve waits until g has room and reserves up to want places.
+// reserve waits until g has room and reserves up to want places. Room under
+// the pace is waited for paceWait at most (one timer per call).
 func (g *group) reserve(ctx context.Context, want int, done <-chan struct{}) (int, error) {
+	var pacing *time.Timer
+	defer func() {
+		if pacing != nil {
+			pacing.Stop()
+		}
+	}()
 	g.lock()
 	for {
 		if g.closed {
@@ -558,7 +619,8 @@ func (g *group) reserve(ctx context.Context, want int, done <-chan struct{}) (in
 			g.unlock()
 			return 0, broker.ErrClosed
 		}
-		if free := g.cap - g.count; free > 0 {
+		limit := g.limitLocked()
+		if free := limit - g.count; free > 0 {
 			k := min(want, free)
 			g.count += k
 			if free > k && g.pubWaiters > 0 {
@@ -567,11 +629,21 @@ func (g *group) reserve(ctx context.Context, want int, done <-chan struct{}) (in
 			g.unlock()
 			return k, nil
 		}
+		var paceUp <-chan time.Time
+		if limit < g.cap {
+			if pacing == nil {
+				pacing = time.NewTimer(time.Duration(paceWait.Load()))
+			}
+			paceUp = pacing.C
+		}
 		g.pubWaiters++
 		g.unlock()
 		var err error
+		ranOut := false
 		select {
 		case <-g.room:
+		case <-paceUp:
+			ranOut = true
 		case <-done:
 			err = broker.ErrClosed
 		case <-ctx.Done():
@@ -579,6 +651,11 @@ func (g *group) reserve(ctx context.Context, want int, done <-chan struct{}) (in
 		}
 		g.lock()
 		g.pubWaiters--
+		if ranOut {
+			// The subscribers did not keep up (or wait for this very
+			// publisher): fill up to Buffer until they catch up.
+			g.paced, g.unpacedAt = false, nanotime()
+		}
 		if err != nil {
 			g.unlock()
 			return 0, err

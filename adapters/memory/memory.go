@@ -16,6 +16,7 @@ import (
 const (
 	DefaultAckTimeout     = 30 * time.Second
 	DefaultBuffer         = 65536
+	DefaultPace           = 1024
 	DefaultMaxMessageSize = 10 << 20
 )
 
@@ -29,6 +30,11 @@ type Options struct {
 	// delayed or waiting for their key) before Publish waits for room.
 	// Default DefaultBuffer.
 	Buffer int
+	// Pace is how many messages a group that has subscribers holds before
+	// Publish waits for them to take it down — for at most PaceWait, after
+	// which it goes on, up to Buffer (see "Backpressure" in the package
+	// doc). 0 means DefaultPace; a negative value turns pacing off.
+	Pace int
 	// MaxMessageSize is the largest Message.Size that Publish accepts.
 	// 0 means DefaultMaxMessageSize; a negative value means no limit.
 	MaxMessageSize int
@@ -40,6 +46,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Buffer <= 0 {
 		o.Buffer = DefaultBuffer
+	}
+	if o.Pace == 0 {
+		o.Pace = DefaultPace
 	}
 	switch {
 	case o.MaxMessageSize == 0:
@@ -74,7 +83,7 @@ var (
 // New returns a private in-process broker.
 func New(opts Options) *Broker {
 	opts = opts.withDefaults()
-	c := newCore(opts.Buffer)
+	c := newCore(opts)
 	c.refs = 1
 	return newHandle(c, opts)
 }
@@ -234,10 +243,11 @@ func openParsed(u *url.URL) (*Broker, error) {
 	if u.Opaque != "" || (u.Path != "" && u.Path != "/") || u.User != nil {
 		return nil, broker.Errorf(semantics.InvalidArgument, op, "a mem:// URL is mem://NAME?params, got %s", u.Redacted())
 	}
-	p := driver.NewParams("mem", u, "ack_timeout", "buffer", "max_size")
+	p := driver.NewParams("mem", u, "ack_timeout", "buffer", "max_size", "pace")
 	opts := Options{
 		AckTimeout:     p.Duration("ack_timeout", DefaultAckTimeout),
 		Buffer:         p.Int("buffer", DefaultBuffer),
+		Pace:           p.Int("pace", DefaultPace),
 		MaxMessageSize: p.Int("max_size", DefaultMaxMessageSize),
 	}
 	if opts.AckTimeout <= 0 {
@@ -245,6 +255,9 @@ func openParsed(u *url.URL) (*Broker, error) {
 	}
 	if opts.Buffer <= 0 {
 		p.Fail("parameter buffer=%d must be positive", opts.Buffer)
+	}
+	if opts.Pace == 0 || opts.Pace < -1 {
+		p.Fail("parameter pace=%d must be positive, or -1 for no pacing", opts.Pace)
 	}
 	if opts.MaxMessageSize == 0 || opts.MaxMessageSize < -1 {
 		p.Fail("parameter max_size=%d must be positive, or -1 for no limit", opts.MaxMessageSize)
@@ -254,17 +267,24 @@ func openParsed(u *url.URL) (*Broker, error) {
 	}
 	opts = opts.withDefaults()
 	name := u.Host
-	explicitBuffer := u.Query().Get("buffer") != ""
+	q := u.Query()
 
 	registryMu.Lock()
 	defer registryMu.Unlock()
 	c := registry[name]
 	if c == nil {
-		c = newCore(opts.Buffer)
+		c = newCore(opts)
 		registry[name] = c
-	} else if explicitBuffer && c.buffer != opts.Buffer {
-		return nil, broker.Errorf(semantics.InvalidArgument, op,
-			"mem://%s is already open with buffer=%d; every Open of one name shares one broker, so its buffer cannot change to %d", name, c.buffer, opts.Buffer)
+	} else {
+		for _, s := range []struct {
+			param     string
+			had, want int
+		}{{"buffer", c.buffer, opts.Buffer}, {"pace", c.pace, opts.Pace}} {
+			if q.Get(s.param) != "" && s.had != s.want {
+				return nil, broker.Errorf(semantics.InvalidArgument, op,
+					"mem://%s is already open with %s=%d; every Open of one name shares one broker, so its %s cannot change to %d", name, s.param, s.had, s.param, s.want)
+			}
+		}
 	}
 	c.refs++
 	b := newHandle(c, opts)

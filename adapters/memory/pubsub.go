@@ -117,7 +117,7 @@ func (p *publisher) Publish(ctx context.Context, topicName string, msgs ...*brok
 	if G == 1 { // fast path: room for everything in the only group
 		g := targets[0]
 		g.lock()
-		if !g.closed && g.cap-g.count >= n {
+		if !g.closed && g.limitLocked()-g.count >= n {
 			g.count += n
 			g.insertLocked(ents)
 			g.unlock()

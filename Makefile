@@ -36,10 +36,13 @@ vet:
 # whole selection (go test -count 1, BENCH_COUNT times), not -count: with
 # -count every raw run comes before every queuekit run, so whatever else
 # slowed the machine for a minute fell on one side of a ratio; in rounds
-# the two sides alternate.
+# the two sides alternate. Five rounds (about 25 minutes on 2 cores): on shared
+# VMs single rounds of a row differ by up to 2x (SQS, whose Node.js emulator
+# takes most of the CPU, by 0.78-1.14 in one run of three), and the median of
+# three still moved a row across 0.9 from run to run.
 BENCH ?= .
 BENCH_PKGS ?= ./...
-BENCH_COUNT ?= 3
+BENCH_COUNT ?= 5
 # The date, the machine's cores and its load before and after go into
 # bench.out with the figures, for the README's table.
 bench: services

@@ -181,8 +181,8 @@ func wakePoint(n int) int { return n - max(1, n/16) }
 // virtual CPU's stolen time, and short enough that a publisher whom the
 // subscribers themselves wait for (a handler publishing to its own topic,
 // and all of them doing so) loses little. Once it runs out, publishers fill
-// the group up to Buffer until the subscribers catch up, or for paceRetry:
-// such a publisher loses at most paceWait per 100 paceWaits (1%). A
+// the group up to Buffer until the subscribers catch up, or for 100
+// paceWaits: such a publisher loses at most 1% of its time. A
 // variable for tests (SetPaceWait).
 var paceWait atomic.Int64
 

@@ -19,8 +19,8 @@ const Scheme = "nats"
 // Defaults of Options.
 const (
 	DefaultAckWait       = 30 * time.Second
-	DefaultMaxAckPending = 1000
-	DefaultPrefetch      = 512
+	DefaultMaxAckPending = 2000
+	DefaultPrefetch      = 1000
 	// AtMostOncePrefetch caps the default prefetch of at-most-once
 	// subscribers (see the package doc).
 	AtMostOncePrefetch    = 16

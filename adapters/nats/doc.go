@@ -146,17 +146,18 @@
 // (payload-only; 0.87× sending the same bytes) against 0.91× (0.98×) with
 // 4096. The window holds no copy: the messages in it belong to Publish
 // calls still waiting, so it costs no memory they do not already hold. A
-// subscriber pulls prefetch (512) messages at a time, refilled at half as
-// nats.go does — nats.go's own default is 500 — and acks each message: in
-// interleaved runs 512 took about 9% less server CPU per message than 256
-// (fewer pull requests) and consumed about 10% faster, keeping up with a
-// hand-written consumer pulling 1000. The server's CPU per message follows
-// the pull size, not the client: on a nats-server of its own, the
+// subscriber pulls prefetch (1000) messages at a time, refilled at half as
+// nats.go does, as the raw baseline does (nats.go's own default is 500),
+// and acks each message. The server's CPU per message follows the pull
+// size, not the client: 512 took about 9% less server CPU per message than
+// 256 (fewer pull requests), and on a nats-server of its own the
 // hand-written consumer pulling 512 cost the server as much as the adapter
-// at 512, and at 1000 both 250-500ns a message less (the adapter's
-// client and server CPU together about 4% less than at 512, no faster);
-// 512 stays the default so that two subscribers can still share a group's
-// max_ack_pending (1000). Acks stay per message: an AckAll ack would also
+// at 512, and at 1000 both 250-500ns a message less. In eight alternating
+// runs of BenchmarkNATSConsume (2026-12-06) the adapter consumed at 0.85–0.89×
+// the raw client pulling 1000 with a prefetch of 512, and at 0.88–1.02×
+// (median 0.93×) with 1000. A group's max_ack_pending (2000) leaves room
+// for two subscribers' full pulls, so that a second subscriber is not kept
+// waiting for the first's acks. Acks stay per message: an AckAll ack would also
 // ack what other subscribers of the group still hold (a single in-order
 // consumer acking every 500th message needs about a third less server CPU:
 // BenchmarkNATSConsumeAckAll).
@@ -199,8 +200,8 @@
 //	nats://[user:password@|token@]host[:port][?params]   (default 127.0.0.1:4222)
 //
 //	ack_wait         ack wait of groups whose subscribers set no AckTimeout (default 30s; 1ms..24h)
-//	max_ack_pending  unsettled deliveries of an unordered group, all subscribers together (default 1000; 1..1048576)
-//	prefetch         messages a subscriber pulls at a time without SubscriberOptions.Prefetch (default 512; 1..65536)
+//	max_ack_pending  unsettled deliveries of an unordered group, all subscribers together (default 2000; 1..1048576)
+//	prefetch         messages a subscriber pulls at a time without SubscriberOptions.Prefetch (default 1000; 1..65536)
 //	publish_window   messages a publisher has awaiting JetStream's ack (default 4096; 1..65536)
 //	publish_timeout  how long a Publish call waits for its acks (default 30s; 1ms..1h)
 //	storage          file or memory: storage of the streams the adapter creates (default file)

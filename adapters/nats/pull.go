@@ -38,8 +38,8 @@ import (
 // goroutine handoff per message less. And a message counts until Receive
 // hands it out: the subscriber holds at most prefetch messages, where
 // Consume's handler feeding a channel of prefetch could hold up to twice
-// that — with the default prefetch (512), more than the group's default
-// max ack pending (1000) once handlers fall behind. One exception, as in
+// that — with the default prefetch (1000), as much as the group's default
+// max ack pending (2000) once handlers fall behind. One exception, as in
 // Consume: once requests are taken as lost and made again (restart), a
 // request that was in fact alive may still deliver until it expires, so
 // for up to one expiry the inbox may hold up to twice prefetch (mch has

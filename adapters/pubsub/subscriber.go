@@ -225,7 +225,12 @@ func (s *subscriber) ReceiveBatch(ctx context.Context, buf []driver.Delivery) (i
 // Close stops receiving: deliveries not settled yet are nacked (a pending
 // delayed Nack is cut short) so that the broker redelivers them at once,
 // and Close waits, no longer than ctx, for the client to finish its
-// shutdown, which sends the last acks and nacks. When ctx ends first, Close
+// shutdown, which sends the last acks and nacks. The client sends them
+// before it closes its stream, so a server may hand a nacked message back
+// on that closing stream, and then it comes back only after its ack
+// deadline (seen with pstest on a loaded machine, about once in a hundred
+// closes): nothing is lost, but "at once" is the usual case, not a
+// promise. When ctx ends first, Close
 // returns an error of kind Canceled naming the subscription, and the
 // shutdown goes on in the background (calling the driver's Close again
 // waits for it).

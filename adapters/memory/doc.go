@@ -133,8 +133,8 @@
 // hundred or more times a second, and on some virtual machines the
 // runtime's handing memory back to the kernel and touching it again costs
 // as much as the broker's own work. On a 2-core VM (2026-12-06, a channel
-// pipeline at 6.9M msg/s) BenchmarkEndToEnd measured 1.1–1.3M msg/s at
-// the default GOGC=100 and 1.4–1.8M at GOGC=400, in alternating runs;
+// pipeline at 6.9M msg/s), before pacing, BenchmarkEndToEnd measured
+// 1.1–1.3M msg/s at the default GOGC=100 and 1.4–1.8M at GOGC=400, in alternating runs;
 // a loop doing nothing but allocate those 350 bytes ran at 4M/s and 9.6M/s.
 // GOGC (or a larger live heap, which spaces collections out the same way)
 // is the application's setting to make, not the library's:

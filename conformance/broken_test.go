@@ -447,7 +447,7 @@ func TestSuiteCatchesBrokenAdapters(t *testing.T) {
 	for _, c := range brokenCases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			rep, err := check(context.Background(), brokenHarness(t, c), len(properties))
+			rep, err := Check(context.Background(), brokenHarness(t, c))
 			if err != nil {
 				t.Fatal(err)
 			}

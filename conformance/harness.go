@@ -215,12 +215,6 @@ func run(t *testing.T, h Harness, props []property) {
 // Harness.Parallel at a time (by default one after the other), each bounded
 // by Harness.Timeout.
 func Check(ctx context.Context, h Harness, only ...string) (Report, error) {
-	return check(ctx, h, h.Parallel, only...)
-}
-
-// check is Check with up to parallel properties running at once (each has
-// its own broker, topic and groups, so they do not interfere).
-func check(ctx context.Context, h Harness, parallel int, only ...string) (Report, error) {
 	h, err := h.withDefaults()
 	if err != nil {
 		return Report{}, err
@@ -230,7 +224,7 @@ func check(ctx context.Context, h Harness, parallel int, only ...string) (Report
 		return Report{}, err
 	}
 	rep := Report{Adapter: h.Name, Results: make([]Result, len(props))}
-	atMost(parallel, len(props), func(i int) { rep.Results[i] = runProperty(ctx, h, props[i], nil) })
+	atMost(h.Parallel, len(props), func(i int) { rep.Results[i] = runProperty(ctx, h, props[i], nil) })
 	return rep, nil
 }
 

@@ -31,7 +31,7 @@ type Options struct {
 	// Default DefaultBuffer.
 	Buffer int
 	// Pace is how many messages a group that has subscribers holds before
-	// Publish waits for them to take it down — for at most PaceWait, after
+	// Publish waits for them to take it down — for at most 5 ms, after
 	// which it goes on, up to Buffer (see "Backpressure" in the package
 	// doc). 0 means DefaultPace; a negative value turns pacing off.
 	Pace int

@@ -145,7 +145,17 @@
 // BenchmarkNATSPublish the adapter measured 0.82× the raw client
 // (payload-only; 0.87× sending the same bytes) against 0.91× (0.98×) with
 // 4096. The window holds no copy: the messages in it belong to Publish
-// calls still waiting, so it costs no memory they do not already hold. A
+// calls still waiting, so it costs no memory they do not already hold.
+// The acks come to an inbox of the publisher's own rather than through
+// jetstream's PublishMsgAsync, which keeps a future, a reply-token string
+// and a map entry per message and decodes every ack as JSON; the adapter
+// tells an ack by its first bytes and decodes only failures. That took the
+// client from 16.1 to 6.1 allocations and about 28% less CPU per message
+// (2026-12-07, BenchmarkNATSPublish: 0.96× the payload-only raw client
+// before, 1.02–1.09× after, in alternating runs). The rest is what
+// PublishMsgAsync does: a "no responders" reply is sent again twice, 250
+// ms apart, and the messages awaiting their ack fail (Transient) as soon as
+// the connection drops, since their acks cannot come. A
 // subscriber pulls prefetch (1000) messages at a time, refilled at half as
 // nats.go does, as the raw baseline does (nats.go's own default is 500),
 // and acks each message. The server's CPU per message follows the pull

@@ -8,7 +8,16 @@
 // both rows report CPU per message (cpu-ns/msg, and srv-cpu-ns/msg for the
 // broker's process), the cpu ratio column divides the baseline's by
 // queuekit's: the figure a loaded machine disturbs least.
-// With -count N, each row is the median of its N runs.
+//
+// With N runs of each (make bench's rounds, or -count N), the msg/s
+// columns are medians of the N runs, and the ratios are the medians of the
+// N paired ratios: the i-th baseline run with the i-th queuekit run, which
+// ran one after the other. A round that a noisy minute slows slows both of
+// its runs, so its ratio stays; the ratio of the two medians can instead
+// set one side's fast round against the other's slow one (one run of 2026-12-07 had
+// Kafka consume at rounds 0.97, 1.11, 0.86, 1.04, 0.72: 0.97 paired, 0.84
+// as a ratio of medians). The range column gives the lowest and highest
+// round.
 //
 //	go test -run '^$' -bench . -benchmem ./... | go run ./internal/benchtable
 package main
@@ -71,7 +80,7 @@ func main() {
 	if count > 1 {
 		fmt.Printf("(each figure is the median of up to %d runs)\n", count)
 	}
-	fmt.Printf("%-44s %-10s %14s %14s %8s %12s %10s\n", "benchmark", "baseline", "baseline msg/s", "queuekit msg/s", "ratio", "allocs/msg", "cpu ratio")
+	fmt.Printf("%-44s %-10s %14s %14s %8s %11s %12s %10s\n", "benchmark", "baseline", "baseline msg/s", "queuekit msg/s", "ratio", "range", "allocs/msg", "cpu ratio")
 	defer printLatency(things, rows)
 	for _, t := range things {
 		q, ok := rows[t]["queuekit"]
@@ -87,24 +96,55 @@ func main() {
 			if q.hasAllocs {
 				allocs = strconv.FormatFloat(q.allocs, 'f', 1, 64)
 			}
-			fmt.Printf("%-44s %-10s %14.0f %14.0f %8.2f %12s %10s\n", t, base, b.msgsPerSec, q.msgsPerSec, q.msgsPerSec/b.msgsPerSec, allocs, cpuRatio(b, q))
+			ratio, lo, hi := paired(runs[t][base], runs[t]["queuekit"], func(b, q row) float64 {
+				if b.msgsPerSec == 0 {
+					return 0
+				}
+				return q.msgsPerSec / b.msgsPerSec
+			})
+			span := "-"
+			if lo != hi {
+				span = strconv.FormatFloat(lo, 'f', 2, 64) + "-" + strconv.FormatFloat(hi, 'f', 2, 64)
+			}
+			cpu := "-"
+			if r, _, _ := paired(runs[t][base], runs[t]["queuekit"], cpuRatio); r > 0 {
+				cpu = strconv.FormatFloat(r, 'f', 2, 64)
+			}
+			fmt.Printf("%-44s %-10s %14.0f %14.0f %8.2f %11s %12s %10s\n", t, base, b.msgsPerSec, q.msgsPerSec, ratio, span, allocs, cpu)
 		}
 	}
 }
 
+// paired returns the median, lowest and highest of ratio over the runs
+// of bs and qs paired in order (the i-th with the i-th), leaving out the
+// pairs whose ratio is 0 (not measured); all 0 when none is left.
+func paired(bs, qs []row, ratio func(b, q row) float64) (med, lo, hi float64) {
+	var rs []float64
+	for i := range min(len(bs), len(qs)) {
+		if r := ratio(bs[i], qs[i]); r > 0 {
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) == 0 {
+		return 0, 0, 0
+	}
+	sort.Float64s(rs)
+	return medianOf(rs), rs[0], rs[len(rs)-1]
+}
+
 // cpuRatio is the baseline's CPU per message over queuekit's — this
-// process's plus the broker's where both rows report it — or "-". On a
-// loaded machine it is steadier than the msgs/s ratio: above 1, queuekit
-// spends less CPU per message than the baseline.
-func cpuRatio(b, q row) string {
+// process's plus the broker's where both rows report it — or 0 when a row
+// does not report it. On a loaded machine it is steadier than the msgs/s
+// ratio: above 1, queuekit spends less CPU per message than the baseline.
+func cpuRatio(b, q row) float64 {
 	if b.cpu == 0 || q.cpu == 0 {
-		return "-"
+		return 0
 	}
 	bc, qc := b.cpu, q.cpu
 	if b.srv > 0 && q.srv > 0 {
 		bc, qc = bc+b.srv, qc+q.srv
 	}
-	return strconv.FormatFloat(bc/qc, 'f', 2, 64)
+	return bc / qc
 }
 
 // parse reads "BenchmarkThing/variant-2  N  ... 123 msgs/s ... 2.0 allocs/msg".
@@ -164,10 +204,7 @@ func median(rs []row) row {
 			v[i] = key(r)
 		}
 		sort.Float64s(v)
-		if len(v)%2 == 1 {
-			return v[len(v)/2]
-		}
-		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		return medianOf(v)
 	}
 	m := row{
 		msgsPerSec: by(func(r row) float64 { return r.msgsPerSec }),
@@ -182,6 +219,14 @@ func median(rs []row) row {
 		m.lat[k] = by(func(r row) float64 { return r.lat[k] })
 	}
 	return m
+}
+
+// medianOf returns the median of sorted v (not empty).
+func medianOf(v []float64) float64 {
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
 // printLatency prints the latency percentiles of each baseline and

@@ -33,14 +33,37 @@ func TestParseLatency(t *testing.T) {
 func TestCPURatio(t *testing.T) {
 	_, _, b, _ := parse("BenchmarkX/raw-2  100  5 ns/op  100 msgs/s  600 cpu-ns/msg  400 srv-cpu-ns/msg")
 	_, _, q, _ := parse("BenchmarkX/queuekit-2  100  5 ns/op  90 msgs/s  1.1 cpu-us/msg  900 srv-cpu-ns/msg")
-	if got := cpuRatio(b, q); got != "0.50" {
-		t.Errorf("cpuRatio = %s, want 0.50 ((600+400)/(1100+900))", got)
+	if got := cpuRatio(b, q); got != 0.5 {
+		t.Errorf("cpuRatio = %v, want 0.5 ((600+400)/(1100+900))", got)
 	}
 	q.srv = 0
-	if got := cpuRatio(b, q); got != "0.55" {
-		t.Errorf("cpuRatio without the broker's = %s, want 0.55 (600/1100)", got)
+	if got := cpuRatio(b, q); got < 0.5454 || got > 0.5455 {
+		t.Errorf("cpuRatio without the broker's = %v, want 0.545 (600/1100)", got)
 	}
-	if got := cpuRatio(row{}, q); got != "-" {
-		t.Errorf("cpuRatio without figures = %s, want -", got)
+	if got := cpuRatio(row{}, q); got != 0 {
+		t.Errorf("cpuRatio without figures = %v, want 0", got)
+	}
+}
+
+// The ratio pairs the i-th baseline run with the i-th queuekit run: a
+// round that ran slow on both sides keeps its ratio, where the ratio of
+// the medians would set one side's fast round against the other's slow
+// one.
+func TestPairedRatio(t *testing.T) {
+	var bs, qs []row
+	for _, p := range [][2]float64{{700, 680}, {698, 772}, {681, 585}, {555, 576}, {784, 562}} {
+		bs = append(bs, row{msgsPerSec: p[0]})
+		qs = append(qs, row{msgsPerSec: p[1]})
+	}
+	ratio := func(b, q row) float64 { return q.msgsPerSec / b.msgsPerSec }
+	med, lo, hi := paired(bs, qs, ratio)
+	if med < 0.971 || med > 0.972 || lo < 0.716 || lo > 0.717 || hi < 1.106 || hi > 1.107 {
+		t.Errorf("paired = %.3f (%.3f-%.3f), want 0.971 (0.717-1.106)", med, lo, hi)
+	}
+	if byMedians := median(qs).msgsPerSec / median(bs).msgsPerSec; byMedians > 0.86 {
+		t.Errorf("ratio of medians = %.3f: the example no longer shows the difference", byMedians)
+	}
+	if med, _, _ := paired(bs, qs, func(row, row) float64 { return 0 }); med != 0 {
+		t.Errorf("paired without figures = %v, want 0", med)
 	}
 }

@@ -150,13 +150,13 @@
 // jetstream's PublishMsgAsync, which keeps a future, a reply-token string
 // and a map entry per message and decodes every ack as JSON; the adapter
 // tells an ack by its first bytes and decodes only failures. That took the
-// client from 16.1 to 6.1 allocations and about 28% less CPU per message
-// (2026-12-07, BenchmarkNATSPublish: 0.96× the payload-only raw client
-// before, 1.02–1.09× after, in alternating runs). The rest is what
-// PublishMsgAsync does: a "no responders" reply is sent again twice, 250
-// ms apart, and the messages awaiting their ack fail (Transient) as soon as
-// the connection drops, since their acks cannot come. A
-// subscriber pulls prefetch (1000) messages at a time, refilled at half as
+// client from 16.1 to 6.1 allocations and from 6.6–7.0 to 4.8–5.5 µs of
+// CPU per message (2026-12-07, BenchmarkNATSPublish in three alternating
+// pairs: 0.89–0.94× the payload-only raw client before, 1.02–1.09×
+// after). The rest is what PublishMsgAsync does: a "no responders" reply
+// is sent again twice, 250 ms apart, and the messages awaiting their ack
+// fail (Transient) as soon as the connection drops, since their acks
+// cannot come. A subscriber pulls prefetch (1000) messages at a time, refilled at half as
 // nats.go does, as the raw baseline does (nats.go's own default is 500),
 // and acks each message. The server's CPU per message follows the pull
 // size, not the client: 512 took about 9% less server CPU per message than

@@ -55,16 +55,9 @@ func TestPublishReportsJetStreamErrorsPerMessage(t *testing.T) {
 	nb := openDriver(t, prefix, "")
 	ctx := testCtx(t)
 	topic := prefix + ".t"
-	if err := nb.Declare(ctx, topic, []string{"g"}); err != nil {
-		t.Fatal(err)
-	}
-	p, err := nb.NewPublisher(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close(ctx)
+	p := declaredPublisher(t, nb, topic)
 	bad := &driver.Message{ID: "bad", Headers: map[string]string{jetstream.ExpectedLastSeqHeader: "999"}}
-	err = p.Publish(ctx, topic, &driver.Message{ID: "a"}, bad, &driver.Message{ID: "b"})
+	err := p.Publish(ctx, topic, &driver.Message{ID: "a"}, bad, &driver.Message{ID: "b"})
 	var pe *driver.PublishError
 	if !errors.As(err, &pe) || len(pe.Failed) != 1 || pe.Failed[0].Index != 1 || pe.Failed[0].ID != "bad" {
 		t.Fatalf("Publish = %v, want the second message alone failed", err)
@@ -88,13 +81,9 @@ func TestPublishRetriesNoResponders(t *testing.T) {
 	prefix := uniq("qknoresp")
 	nb := openDriver(t, prefix, "")
 	ctx := testCtx(t)
-	p, err := nb.NewPublisher(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close(ctx)
+	p := declaredPublisher(t, nb, "")
 	start := time.Now()
-	err = p.Publish(ctx, prefix+".none", &driver.Message{ID: "x"})
+	err := p.Publish(ctx, prefix+".none", &driver.Message{ID: "x"})
 	if !errors.Is(err, driver.ErrNoGroup) || driver.KindOf(err) != semantics.NotFound {
 		t.Fatalf("Publish = %v, want ErrNoGroup (not found)", err)
 	}
@@ -105,78 +94,103 @@ func TestPublishRetriesNoResponders(t *testing.T) {
 
 // When the connection drops, the messages awaiting their ack fail at once
 // (Transient: their acks died with the connection) instead of after
-// publish_timeout, and every message reported published is stored.
-func TestPublishFailsUnackedWhenConnectionDrops(t *testing.T) {
-	raw := testenv.NATS(t)
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
+// publish_timeout; when it is closed, they and the rest of the call fail
+// as Closed. Either way every message reported published is stored.
+func TestPublishFailsUnackedWhenConnectionGoes(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		kind semantics.Kind
+		end  func(*faultproxy.Proxy, *Broker)
+	}{
+		{"drops", semantics.Transient, func(proxy *faultproxy.Proxy, nb *Broker) {
+			dropped := nb.nc.StatusChanged(natsgo.RECONNECTING)
+			defer nb.nc.RemoveStatusListener(dropped)
+			proxy.Hold()
+			proxy.Cut()
+			<-dropped
+			proxy.Release()
+		}},
+		{"closes", semantics.Closed, func(_ *faultproxy.Proxy, nb *Broker) { nb.nc.Close() }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			raw := testenv.NATS(t)
+			u, err := url.Parse(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			proxy, err := faultproxy.New(u.Host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer proxy.Close()
+			prefix := uniq("qkpubcut")
+			cleanupStreams(t, raw, prefix)
+			via := *u
+			via.Host = proxy.Addr()
+			q := via.Query()
+			q.Set("publish_timeout", "5m")
+			via.RawQuery = q.Encode()
+			ctx := testCtx(t)
+			nb, err := Open(ctx, via.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nb.Close(context.Background())
+			topic := prefix + ".t"
+			p := declaredPublisher(t, nb, topic)
+
+			const n = 100000
+			msgs := make([]*driver.Message, n)
+			for i := range msgs {
+				msgs[i] = &driver.Message{ID: driver.NewID(), Payload: make([]byte, 100)}
+			}
+			result := make(chan error, 1)
+			go func() { result <- p.Publish(ctx, topic, msgs...) }()
+			for proxy.Up() < 1<<20 { // a few thousand messages on their way
+				select {
+				case err := <-result:
+					t.Fatalf("Publish of %d messages ended (%v) before a megabyte went out", n, err)
+				case <-time.After(time.Millisecond):
+				}
+			}
+			c.end(proxy, nb)
+
+			err = <-result
+			var pe *driver.PublishError
+			if !errors.As(err, &pe) {
+				t.Fatalf("Publish = %v, want the messages in flight failed", err)
+			}
+			for _, f := range pe.Failed {
+				if k := driver.KindOf(f.Err); k != c.kind {
+					t.Fatalf("message %d failed with %v (%v), want %v", f.Index, f.Err, k, c.kind)
+				}
+			}
+			t.Logf("%d of %d messages failed", len(pe.Failed), n)
+			bl, err := openDriver(t, prefix, "").Backlog(ctx, topic, "g")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok := int64(n - len(pe.Failed)); bl.Pending < ok {
+				t.Errorf("%d messages stored, fewer than the %d reported published", bl.Pending, ok)
+			}
+		})
 	}
-	proxy, err := faultproxy.New(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	prefix := uniq("qkpubcut")
-	cleanupStreams(t, raw, prefix)
-	via := *u
-	via.Host = proxy.Addr()
-	q := via.Query()
-	q.Set("publish_timeout", "5m")
-	via.RawQuery = q.Encode()
+}
+
+// declaredPublisher declares topic (when not empty) with group "g" on nb,
+// and returns a publisher of nb, closed when t ends.
+func declaredPublisher(t *testing.T, nb *Broker, topic string) driver.Publisher {
+	t.Helper()
 	ctx := testCtx(t)
-	nb, err := Open(ctx, via.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nb.Close(context.Background())
-	topic := prefix + ".t"
-	if err := nb.Declare(ctx, topic, []string{"g"}); err != nil {
-		t.Fatal(err)
+	if topic != "" {
+		if err := nb.Declare(ctx, topic, []string{"g"}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	p, err := nb.NewPublisher(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close(ctx)
-	dropped := nb.nc.StatusChanged(natsgo.RECONNECTING)
-	defer nb.nc.RemoveStatusListener(dropped)
-
-	const n = 100000
-	msgs := make([]*driver.Message, n)
-	for i := range msgs {
-		msgs[i] = &driver.Message{ID: driver.NewID(), Payload: make([]byte, 100)}
-	}
-	result := make(chan error, 1)
-	go func() { result <- p.Publish(ctx, topic, msgs...) }()
-	for proxy.Up() < 1<<20 { // a few thousand messages on their way
-		select {
-		case err := <-result:
-			t.Fatalf("Publish of %d messages ended (%v) before a megabyte went out", n, err)
-		case <-time.After(time.Millisecond):
-		}
-	}
-	proxy.Hold()
-	proxy.Cut()
-	<-dropped
-	proxy.Release()
-
-	err = <-result
-	var pe *driver.PublishError
-	if !errors.As(err, &pe) {
-		t.Fatalf("Publish = %v, want the messages in flight at the cut failed", err)
-	}
-	for _, f := range pe.Failed {
-		if k := driver.KindOf(f.Err); k != semantics.Transient {
-			t.Fatalf("message %d failed with %v (%v), want transient", f.Index, f.Err, k)
-		}
-	}
-	t.Logf("%d of %d messages failed at the cut", len(pe.Failed), n)
-	bl, err := nb.Backlog(ctx, topic, "g")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ok := int64(n - len(pe.Failed)); bl.Pending < ok {
-		t.Errorf("%d messages stored, fewer than the %d reported published", bl.Pending, ok)
-	}
+	t.Cleanup(func() { _ = p.Close(context.Background()) })
+	return p
 }

@@ -78,7 +78,7 @@ func main() {
 	sort.Strings(things)
 	fmt.Println()
 	if count > 1 {
-		fmt.Printf("(each figure is the median of up to %d runs)\n", count)
+		fmt.Printf("(msg/s, allocs and latencies are medians of up to %d runs; ratios are medians of the runs' paired ratios)\n", count)
 	}
 	fmt.Printf("%-44s %-10s %14s %14s %8s %11s %12s %10s\n", "benchmark", "baseline", "baseline msg/s", "queuekit msg/s", "ratio", "range", "allocs/msg", "cpu ratio")
 	defer printLatency(things, rows)
